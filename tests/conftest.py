@@ -1,0 +1,29 @@
+"""Make the repository importable as ``ansible_collections.virtfleet.compute`` for pytest.
+
+The collection's plugins import each other by their fully qualified path, as Ansible requires. Tests run from a
+plain checkout, so a throw-away ``ansible_collections/virtfleet/compute`` symlink to the checkout is put on
+``sys.path`` before any test module is imported.
+"""
+import os
+import sys
+import tempfile
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _collection_root():
+    # build/ lives inside the checkout and is ignored by git and by ansible-galaxy.
+    base = os.path.join(REPO_ROOT, "build", "collections")
+    link = os.path.join(base, "ansible_collections", "virtfleet", "compute")
+    if not os.path.islink(link):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        tmp = tempfile.mktemp(dir=os.path.dirname(link))
+        os.symlink(REPO_ROOT, tmp)
+        os.replace(tmp, link)
+    return base
+
+
+COLLECTIONS_PATH = _collection_root()
+if COLLECTIONS_PATH not in sys.path:
+    sys.path.insert(0, COLLECTIONS_PATH)
+os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", COLLECTIONS_PATH)
