@@ -31,7 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-packages=systemd-sysv,cloud-init,cloud-guest-utils,openssh-server,linux-image-cloud-amd64,ifupdown,isc-dhcp-client,netbase,iproute2,sudo,e2fsprogs
+# dbus: without it systemd-logind does not run and the guest ignores the ACPI power button (graceful stop).
+packages=systemd-sysv,dbus,qemu-guest-agent,cloud-init,cloud-guest-utils,openssh-server,linux-image-cloud-amd64,ifupdown,isc-dhcp-client,netbase,iproute2,sudo,e2fsprogs
 [ -n "$extra" ] && packages="$packages,$extra"
 
 root="$work/root"
@@ -42,6 +43,8 @@ echo "==> configuring the guest"
 cat > "$root/etc/cloud/cloud.cfg.d/90-virtfleet.cfg" <<'CFG'
 # Written by virtfleet.compute's image builder: look only for a local config drive.
 datasource_list: [NoCloud, ConfigDrive, None]
+# minbase has no locales package; C.UTF-8 is built into libc.
+locale: C.UTF-8
 CFG
 printf 'LABEL=cloudimg-rootfs / ext4 defaults,errors=remount-ro 0 1\n' > "$root/etc/fstab"
 printf 'auto lo\niface lo inet loopback\nsource /etc/network/interfaces.d/*\n' > "$root/etc/network/interfaces"

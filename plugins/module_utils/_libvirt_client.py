@@ -1,0 +1,491 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtfleet.compute contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The client layer: the only code in the collection that calls libvirt.
+
+Everything above this layer sees plain Python values and typed errors. Every effect on a host goes through the
+libvirt API (DESIGN.md principle 1), so the same code works on ``qemu:///system`` and over ``qemu+ssh://`` or
+``qemu+tls://`` from a controller or an AWX execution environment.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import time
+import traceback
+import xml.etree.ElementTree as ET
+
+from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
+    HostUnavailableError,
+    LibvirtOperationError,
+    MissingLibraryError,
+    NotFoundError,
+)
+
+try:
+    import libvirt
+
+    HAS_LIBVIRT = True
+    LIBVIRT_IMPORT_ERROR = None
+except ImportError:
+    HAS_LIBVIRT = False
+    LIBVIRT_IMPORT_ERROR = traceback.format_exc()
+
+DEFAULT_URI = "qemu:///system"
+
+# libvirt's virDomainState numbers, named the way users read them in virsh.
+_STATE_NAMES = {
+    0: "nostate",
+    1: "running",
+    2: "blocked",
+    3: "paused",
+    4: "shutdown",
+    5: "shutoff",
+    6: "crashed",
+    7: "pmsuspended",
+}
+
+# Chunk size for volume uploads and downloads; large enough that the per-call overhead of a remote stream vanishes.
+_STREAM_CHUNK = 1024 * 1024
+
+
+def _silence_libvirt():
+    # libvirt prints every error to stderr by default, including the ones we catch and handle; that noise would
+    # end up in Ansible's output as if something had gone wrong.
+    libvirt.registerErrorHandler(lambda *args: None, None)
+
+
+class LibvirtClient:
+    """A connection to one libvirt daemon, opened on first use."""
+
+    def __init__(self, uri=None):
+        self.uri = uri or DEFAULT_URI
+        self._conn = None
+
+    # -- connection -------------------------------------------------------------------------------------------------
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            if not HAS_LIBVIRT:
+                raise MissingLibraryError(
+                    "the libvirt Python bindings are not installed where this module runs "
+                    "(pip install libvirt-python, or the distribution's python3-libvirt package)",
+                    traceback=LIBVIRT_IMPORT_ERROR,
+                )
+            _silence_libvirt()
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise HostUnavailableError(
+                    "cannot connect to libvirt at %s: %s" % (self.uri, _message(exc)), field="uri"
+                )
+        return self._conn
+
+    def close(self):
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # pylint: disable=broad-except
+                pass
+            self._conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def hostname(self):
+        return self._call("get the host name", self.conn.getHostname)
+
+    def capabilities(self):
+        """The host's capabilities document, parsed."""
+        return ET.fromstring(self._call("read capabilities", self.conn.getCapabilities))
+
+    def domain_capabilities(self, virt_type):
+        """The domain capabilities for ``virt_type`` (kvm or qemu), parsed; None if the host cannot run that type."""
+        try:
+            xml = self.conn.getDomainCapabilities(None, None, None, virt_type, 0)
+        except libvirt.libvirtError:
+            return None
+        return ET.fromstring(xml)
+
+    def versions(self):
+        return {
+            "libvirt": _version_string(self._call("read the libvirt version", self.conn.getLibVersion)),
+            "hypervisor": _version_string(self._call("read the hypervisor version", self.conn.getVersion)),
+            "hypervisor_type": self._call("read the hypervisor type", self.conn.getType),
+        }
+
+    def node_info(self):
+        """(model, memory MiB, cpus, mhz, numa nodes, sockets, cores, threads) as libvirt reports them."""
+        return self._call("read node info", self.conn.getInfo)
+
+    def free_memory_bytes(self):
+        return self._call("read free memory", self.conn.getFreeMemory)
+
+    # -- domains ----------------------------------------------------------------------------------------------------
+
+    def lookup_domain(self, name):
+        """The domain called ``name``, or None."""
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise LibvirtOperationError("cannot look up domain %s: %s" % (name, _message(exc)))
+
+    def list_domains(self):
+        return self._call("list domains", self.conn.listAllDomains, 0)
+
+    def domain_name(self, dom):
+        return dom.name()
+
+    def domain_uuid(self, dom):
+        return dom.UUIDString()
+
+    def domain_xml(self, dom, inactive=True):
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        return self._call("read the definition of %s" % dom.name(), dom.XMLDesc, flags)
+
+    def domain_state(self, dom):
+        """One of running, paused, shutoff, ... (see _STATE_NAMES), and whether a managed save image exists."""
+        state, _reason = self._call("read the state of %s" % dom.name(), dom.state)
+        return _STATE_NAMES.get(state, "nostate")
+
+    def domain_has_managed_save(self, dom):
+        return bool(self._call("check the managed save of %s" % dom.name(), dom.hasManagedSaveImage, 0))
+
+    def domain_persistent(self, dom):
+        return bool(dom.isPersistent())
+
+    def define_domain(self, xml):
+        return self._call("define the domain", self.conn.defineXML, xml)
+
+    def undefine_domain(self, dom):
+        flags = (
+            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+        )
+        self._call("undefine %s" % dom.name(), dom.undefineFlags, flags)
+
+    def start_domain(self, dom, paused=False):
+        flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+        self._call("start %s" % dom.name(), dom.createWithFlags, flags)
+
+    def shutdown_domain(self, dom):
+        """Ask the guest to power off (ACPI power button); returns at once."""
+        self._call("shut down %s" % dom.name(), dom.shutdownFlags, libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+
+    def reboot_domain(self, dom):
+        self._call("reboot %s" % dom.name(), dom.reboot, libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+
+    def reset_domain(self, dom):
+        self._call("reset %s" % dom.name(), dom.reset, 0)
+
+    def destroy_domain(self, dom):
+        """Hard power off. A domain already off is not an error."""
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                raise LibvirtOperationError("cannot power off %s: %s" % (dom.name(), _message(exc)))
+
+    def suspend_domain(self, dom):
+        self._call("pause %s" % dom.name(), dom.suspend)
+
+    def resume_domain(self, dom):
+        self._call("resume %s" % dom.name(), dom.resume)
+
+    def managed_save(self, dom):
+        self._call("suspend %s to disk" % dom.name(), dom.managedSave, 0)
+
+    def remove_managed_save(self, dom):
+        self._call("discard the saved state of %s" % dom.name(), dom.managedSaveRemove, 0)
+
+    def set_autostart(self, dom, enabled):
+        self._call("set autostart of %s" % dom.name(), dom.setAutostart, 1 if enabled else 0)
+
+    def domain_addresses(self, dom):
+        """IP addresses per MAC: {mac: [ "ip/prefix", ...]} from DHCP leases, else the ARP table.
+
+        Leases answer for libvirt networks; the ARP table is the only source for guests on a plain bridge.
+        """
+        found = {}
+        sources = (libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP)
+        for source in sources:
+            try:
+                ifaces = dom.interfaceAddresses(source, 0) or {}
+            except libvirt.libvirtError:
+                continue
+            for info in ifaces.values():
+                mac = (info.get("hwaddr") or "").lower()
+                for addr in info.get("addrs") or []:
+                    text = "%s/%s" % (addr["addr"], addr["prefix"])
+                    found.setdefault(mac, [])
+                    if text not in found[mac]:
+                        found[mac].append(text)
+        return found
+
+    def resize_disk_live(self, dom, target, capacity_bytes):
+        self._call(
+            "grow disk %s of %s" % (target, dom.name()),
+            dom.blockResize,
+            target,
+            capacity_bytes,
+            libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES,
+        )
+
+    # -- storage pools and volumes --------------------------------------------------------------------------------
+
+    def lookup_pool(self, name, field=None):
+        try:
+            pool = self.conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise NotFoundError(
+                    "storage pool '%s' does not exist on %s (the compute_node role or the pool module creates it)"
+                    % (name, self.uri),
+                    field=field,
+                )
+            raise LibvirtOperationError("cannot look up storage pool %s: %s" % (name, _message(exc)))
+        if not pool.isActive():
+            raise NotFoundError("storage pool '%s' on %s is not active" % (name, self.uri), field=field)
+        return pool
+
+    def find_pool(self, name):
+        """The pool called ``name`` whether active or not, or None."""
+        try:
+            return self.conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                return None
+            raise LibvirtOperationError("cannot look up storage pool %s: %s" % (name, _message(exc)))
+
+    def list_pools(self):
+        return self._call("list storage pools", self.conn.listAllStoragePools, 0)
+
+    def pool_xml(self, pool, inactive=True):
+        flags = libvirt.VIR_STORAGE_XML_INACTIVE if inactive else 0
+        return self._call("read pool %s" % pool.name(), pool.XMLDesc, flags)
+
+    def pool_info(self, pool):
+        """{state, capacity, allocation, available} in bytes; refreshes first so the figures are current."""
+        try:
+            pool.refresh(0)
+        except libvirt.libvirtError:
+            pass  # a refresh fails while a volume is being built; the last figures are still good enough
+        state, capacity, allocation, available = self._call("read pool %s" % pool.name(), pool.info)
+        return {"active": bool(pool.isActive()), "capacity": capacity, "allocation": allocation, "available": available}
+
+    def pool_autostart(self, pool):
+        return bool(pool.autostart())
+
+    def define_pool(self, xml):
+        return self._call("define the storage pool", self.conn.storagePoolDefineXML, xml, 0)
+
+    def build_pool(self, pool):
+        self._call("build pool %s" % pool.name(), pool.build, 0)
+
+    def start_pool(self, pool):
+        self._call("start pool %s" % pool.name(), pool.create, 0)
+
+    def stop_pool(self, pool):
+        self._call("stop pool %s" % pool.name(), pool.destroy)
+
+    def undefine_pool(self, pool):
+        self._call("undefine pool %s" % pool.name(), pool.undefine)
+
+    def set_pool_autostart(self, pool, enabled):
+        self._call("set autostart of pool %s" % pool.name(), pool.setAutostart, 1 if enabled else 0)
+
+    def list_volumes(self, pool):
+        return self._call("list the volumes of %s" % pool.name(), pool.listAllVolumes, 0)
+
+    def lookup_volume(self, pool, name):
+        """The volume ``name`` in ``pool``, or None."""
+        try:
+            return pool.storageVolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise LibvirtOperationError("cannot look up volume %s/%s: %s" % (pool.name(), name, _message(exc)))
+
+    def volume_xml(self, vol):
+        return self._call("read volume %s" % vol.name(), vol.XMLDesc, 0)
+
+    def volume_path(self, vol):
+        return vol.path()
+
+    def volume_info(self, vol):
+        """{capacity, allocation} in bytes."""
+        _type, capacity, allocation = self._call("read volume %s" % vol.name(), vol.info)
+        return {"capacity": capacity, "allocation": allocation}
+
+    def create_volume(self, pool, xml):
+        return self._call("create a volume in %s" % pool.name(), pool.createXML, xml, 0)
+
+    def delete_volume(self, vol):
+        self._call("delete volume %s" % vol.name(), vol.delete, 0)
+
+    def resize_volume(self, vol, capacity_bytes):
+        self._call("grow volume %s" % vol.name(), vol.resize, capacity_bytes, 0)
+
+    def upload_bytes(self, vol, data):
+        """Replace the volume's content with ``data`` through a libvirt stream (works over remote URIs)."""
+        stream = self.conn.newStream(0)
+        try:
+            self._call("upload to volume %s" % vol.name(), vol.upload, stream, 0, len(data), 0)
+            view = memoryview(data)
+            offset = 0
+            while offset < len(data):
+                sent = stream.send(bytes(view[offset:offset + _STREAM_CHUNK]))
+                if sent < 0:
+                    raise LibvirtOperationError("upload to volume %s was interrupted" % vol.name())
+                offset += sent
+            stream.finish()
+        except BaseException:
+            _abort(stream)
+            raise
+
+    def upload_file(self, vol, path, progress=None):
+        """Stream a local file into the volume. ``progress(bytes_sent)`` is called after every chunk."""
+        import os
+
+        size = os.path.getsize(path)
+        stream = self.conn.newStream(0)
+        try:
+            self._call("upload to volume %s" % vol.name(), vol.upload, stream, 0, size, 0)
+            sent_total = 0
+            with open(path, "rb") as handle:
+                while True:
+                    chunk = handle.read(_STREAM_CHUNK)
+                    if not chunk:
+                        break
+                    view = memoryview(chunk)
+                    while view:
+                        sent = stream.send(bytes(view))
+                        if sent < 0:
+                            raise LibvirtOperationError("upload to volume %s was interrupted" % vol.name())
+                        view = view[sent:]
+                    sent_total += len(chunk)
+                    if progress:
+                        progress(sent_total)
+            stream.finish()
+        except BaseException:
+            _abort(stream)
+            raise
+
+    def download_bytes(self, vol, length=0):
+        """The volume's content (its first ``length`` bytes, or all of it)."""
+        stream = self.conn.newStream(0)
+        chunks = []
+        try:
+            self._call("download volume %s" % vol.name(), vol.download, stream, 0, length, 0)
+            while True:
+                data = stream.recv(_STREAM_CHUNK)
+                if data == -2:
+                    time.sleep(0.01)
+                    continue
+                if not data:
+                    break
+                chunks.append(data)
+            stream.finish()
+        except BaseException:
+            _abort(stream)
+            raise
+        return b"".join(chunks)
+
+    # -- networks ---------------------------------------------------------------------------------------------------
+
+    def lookup_network(self, name):
+        """The libvirt network called ``name``, or None."""
+        try:
+            return self.conn.networkLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                return None
+            raise LibvirtOperationError("cannot look up network %s: %s" % (name, _message(exc)))
+
+    def list_networks(self):
+        return self._call("list networks", self.conn.listAllNetworks, 0)
+
+    def network_xml(self, net, inactive=True):
+        flags = libvirt.VIR_NETWORK_XML_INACTIVE if inactive else 0
+        return self._call("read network %s" % net.name(), net.XMLDesc, flags)
+
+    def network_active(self, net):
+        return bool(net.isActive())
+
+    def network_autostart(self, net):
+        return bool(net.autostart())
+
+    def network_leases(self, net):
+        try:
+            return net.DHCPLeases() or []
+        except libvirt.libvirtError:
+            return []
+
+    def define_network(self, xml):
+        return self._call("define the network", self.conn.networkDefineXML, xml)
+
+    def start_network(self, net):
+        self._call("start network %s" % net.name(), net.create)
+
+    def stop_network(self, net):
+        self._call("stop network %s" % net.name(), net.destroy)
+
+    def undefine_network(self, net):
+        self._call("undefine network %s" % net.name(), net.undefine)
+
+    def set_network_autostart(self, net, enabled):
+        self._call("set autostart of network %s" % net.name(), net.setAutostart, 1 if enabled else 0)
+
+    def update_network(self, net, command, section, xml, live):
+        """virNetworkUpdate: change one section (e.g. a DHCP host) in place, live too when the network runs."""
+        commands = {
+            "add": libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+            "delete": libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE,
+            "modify": libvirt.VIR_NETWORK_UPDATE_COMMAND_MODIFY,
+        }
+        sections = {
+            "ip-dhcp-host": libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST,
+            "ip-dhcp-range": libvirt.VIR_NETWORK_SECTION_IP_DHCP_RANGE,
+        }
+        flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+        if live:
+            flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+        self._call("update network %s" % net.name(), net.update, commands[command], sections[section], -1, xml, flags)
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+
+    def _call(self, what, func, *args):
+        try:
+            return func(*args)
+        except libvirt.libvirtError as exc:
+            raise LibvirtOperationError("cannot %s on %s: %s" % (what, self.uri, _message(exc)))
+
+
+def is_libvirt_error(exc):
+    return HAS_LIBVIRT and isinstance(exc, libvirt.libvirtError)
+
+
+def _abort(stream):
+    try:
+        stream.abort()
+    except Exception:  # pylint: disable=broad-except
+        pass
+
+
+def _message(exc):
+    return exc.get_error_message() if hasattr(exc, "get_error_message") else str(exc)
+
+
+def _version_string(number):
+    major, rest = divmod(int(number), 1000000)
+    minor, release = divmod(rest, 1000)
+    return "%d.%d.%d" % (major, minor, release)

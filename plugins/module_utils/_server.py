@@ -1,0 +1,863 @@
+# -*- coding: utf-8 -*-
+# Copyright: virtfleet.compute contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The reconcile layer for servers: the declared server, the actual domain, and the plan between them.
+
+``plan_server()`` compares once and returns a Plan: the steps to run, the before/after views for ``--diff``, and
+warnings. Check mode reports the plan; the real run executes exactly the same steps (DESIGN.md principle 4).
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import re
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+
+from ansible_collections.virtfleet.compute.plugins.module_utils import _configdrive
+from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
+    DISK_TARGETS,
+    GIB,
+    MIB,
+    Domain,
+    DomainSpec,
+    Nic,
+    ServerRecord,
+    canonical,
+    derive_mac,
+    render_domain,
+    spec_hash,
+    volume_name,
+)
+from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
+    ConflictError,
+    NotFoundError,
+    ValidationError,
+)
+from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import Flavor
+from ansible_collections.virtfleet.compute.plugins.module_utils._hypervisor import VIRT_TYPES, resolve_virt_type
+from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan
+from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
+from ansible_collections.virtfleet.compute.plugins.module_utils._wait import Deadline, wait_for
+
+STATES = ("running", "stopped", "paused", "present", "absent")
+NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139")
+DEFAULT_IMAGE_POOL = "virtfleet-images"
+DEFAULT_INSTANCE_POOL = "virtfleet-instances"
+SAFE_BASE_FORMATS = ("raw", "qcow2")
+_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+
+# libvirt power states as users read them in a server's ``state``.
+_POWER = {
+    "running": "running",
+    "blocked": "running",
+    "pmsuspended": "running",
+    "paused": "paused",
+    "shutoff": "stopped",
+    "shutdown": "stopped",
+    "crashed": "stopped",
+    "nostate": "stopped",
+}
+
+# Swap and ephemeral disks are formatted by the guest at first boot, by cloud-init from vendor data, since nothing
+# may run on the host but libvirt. Disks are found by their serial, whatever the kernel names them.
+_VENDOR_SWAP = (
+    "  - [sh, -c, 'd=/dev/disk/by-id/virtio-swap0; [ -e $d ] && { blkid $d || mkswap $d; swapon $d || true; }']\n"
+)
+_VENDOR_EPHEMERAL = (
+    "  - [sh, -c, 'd=/dev/disk/by-id/virtio-ephemeral0; [ -e $d ] && { blkid $d || mkfs.ext4 -q -L ephemeral0 $d; "
+    "mkdir -p /mnt/ephemeral; mount $d /mnt/ephemeral || true; }']\n"
+)
+
+
+class ServerRequest:
+    """A server as declared: validated and normalised, independent of any host.
+
+    Options left out (None) mean "keep what the server has" for an existing server, so ``state: stopped`` needs no
+    more than a name; creating a server needs at least a flavor and an image.
+    """
+
+    def __init__(self, params):
+        self.name = _configdrive.validate_hostname(params.get("name"), field="name")
+        if "." in self.name or len(self.name) > 63:
+            raise ValidationError("must be a single host name label (no dots, at most 63 characters)", field="name")
+        self.state = params.get("state") or "running"
+        if self.state not in STATES:
+            raise ValidationError("must be one of %s" % ", ".join(STATES), field="state")
+        self.allow_rebuild = bool(params.get("allow_rebuild"))
+        self.wait = params.get("wait", True)
+        self.wait_timeout = int(params.get("wait_timeout") or 600)
+        self.shutdown_timeout = int(params.get("shutdown_timeout") or 120)
+        self.image_pool = params.get("image_pool") or DEFAULT_IMAGE_POOL
+        self.instance_pool = params.get("instance_pool") or DEFAULT_INSTANCE_POOL
+        self.virt_type = params.get("virt_type") or "auto"
+        if self.virt_type not in VIRT_TYPES:
+            raise ValidationError("must be one of %s" % ", ".join(VIRT_TYPES), field="virt_type")
+        if self.state == "absent":
+            return
+        flavor = params.get("flavor")
+        self.flavor = None if flavor is None else _flavor(flavor)
+        self.image = params.get("image")
+        hostname = params.get("hostname")
+        self.hostname = None if hostname is None else _configdrive.validate_hostname(hostname, field="hostname")
+        self.user_data = params.get("user_data")
+        keys = params.get("ssh_authorized_keys")
+        self.ssh_authorized_keys = None if keys is None else list(keys)
+        for index, key in enumerate(self.ssh_authorized_keys or []):
+            if not isinstance(key, str) or len(key.split()) < 2:
+                raise ValidationError("is not an SSH public key (type and key expected)",
+                                      field="ssh_authorized_keys[%d]" % index)
+        self.network_config = params.get("network_config")
+        metadata = params.get("metadata")
+        self.metadata = None if metadata is None else _string_map(metadata, "metadata")
+        tags = params.get("tags")
+        self.tags = None if tags is None else _tags(tags)
+        networks = params.get("networks")
+        self.nics = None if networks is None else _nics(self.name, networks)
+
+    @property
+    def cloud_init_given(self):
+        return any(v is not None for v in (self.hostname, self.user_data, self.ssh_authorized_keys,
+                                           self.network_config))
+
+    def for_new_server(self):
+        """The definition of a server to create: every omitted option takes its default."""
+        if self.flavor is None:
+            raise ValidationError("is required to create server %s (vcpus, ram_mb, disk_gb)" % self.name,
+                                  field="flavor")
+        if not self.image:
+            raise ValidationError("is required to create server %s (a base image in %s)" % (self.name, self.image_pool),
+                                  field="image")
+        return Definition(
+            flavor=self.flavor, image={"pool": self.image_pool, "name": self.image}, nics=self.nics or [],
+            metadata=self.metadata or {}, tags=self.tags or [], hostname=self.hostname or self.name,
+            cloud_init=self._cloud_init(self.hostname or self.name))
+
+    def for_existing(self, domain):
+        """The definition of an existing server: declared options, and the server's own values for the rest."""
+        record = domain.record
+        image = record.image or {}
+        if self.image:
+            image = {"pool": self.image_pool, "name": self.image}
+        hostname = self.hostname or (record.hostname if not self.cloud_init_given else None) or self.name
+        return Definition(
+            flavor=self.flavor or _current_flavor(domain),
+            image=image,
+            nics=self.nics if self.nics is not None else domain.managed_nics(),
+            metadata=self.metadata if self.metadata is not None else record.metadata,
+            tags=self.tags if self.tags is not None else record.tags,
+            hostname=hostname,
+            cloud_init=self._cloud_init(hostname) if self.cloud_init_given else None)
+
+    def _cloud_init(self, hostname):
+        return {"hostname": hostname, "user_data": self.user_data,
+                "ssh_authorized_keys": self.ssh_authorized_keys or [], "network_config": self.network_config}
+
+
+class Definition:
+    """The complete definition of one server (declared options merged with the server's own values)."""
+
+    def __init__(self, flavor, image, nics, metadata, tags, hostname, cloud_init):
+        self.flavor = flavor
+        self.image = image  # {"pool": ..., "name": ...}
+        self.nics = nics
+        self.metadata = metadata
+        self.tags = tags
+        self.hostname = hostname
+        # None: leave the config drive as it is (no cloud-init option was given for an existing server).
+        self.cloud_init = cloud_init
+
+    def hash(self, virt_type, config_drive_hash):
+        return spec_hash({
+            "flavor": self.flavor.to_dict(),
+            "image": self.image,
+            "nics": [nic.to_dict() for nic in self.nics],
+            "metadata": self.metadata,
+            "tags": self.tags,
+            "hostname": self.hostname,
+            "virt_type": virt_type,
+            "config_drive": config_drive_hash,
+        })
+
+
+class ActualServer:
+    """A domain as it is now: its parsed definition, power state and (when running) addresses."""
+
+    def __init__(self, client, dom):
+        self.dom = dom
+        self.domain = Domain(client.domain_xml(dom, inactive=True))
+        self.libvirt_state = client.domain_state(dom)
+        self.power = _POWER.get(self.libvirt_state, "stopped")
+        if self.power == "stopped" and client.domain_has_managed_save(dom):
+            self.power = "suspended"
+        self.addresses = client.domain_addresses(dom) if self.power == "running" else {}
+
+    @property
+    def managed(self):
+        return self.domain.managed
+
+    @property
+    def record(self):
+        return self.domain.record
+
+
+def read_server(client, name):
+    dom = client.lookup_domain(name)
+    return ActualServer(client, dom) if dom is not None else None
+
+
+def server_view(actual, hypervisor=None):
+    """What a user sees of a managed server (server_info, the module's ``server`` result and ``--diff``)."""
+    domain = actual.domain
+    record = domain.record
+    flavor = record.flavor.to_dict() if record.flavor else {}
+    flavor["vcpus"] = domain.vcpus
+    flavor["ram_mb"] = domain.ram_mb
+    networks = []
+    ips = []
+    for nic in domain.managed_nics():
+        entry = nic.to_dict()
+        entry["ips"] = actual.addresses.get(nic.mac, [])
+        ips.extend(addr.split("/")[0] for addr in entry["ips"])
+        networks.append(entry)
+    view = {
+        "name": domain.name,
+        "uuid": domain.uuid,
+        "state": actual.power,
+        "managed": True,
+        "virt_type": domain.virt_type,
+        "flavor": flavor,
+        "image": (record.image or {}).get("name"),
+        "image_pool": (record.image or {}).get("pool"),
+        "hostname": record.hostname,
+        "networks": networks,
+        "ips": ips,
+        "metadata": record.metadata,
+        "tags": record.tags,
+        "created": record.created,
+        "volumes": dict((role, "%s/%s" % (v["pool"], v["name"])) for role, v in record.volumes.items()),
+        "config_drive": (record.config_drive_hash or "")[:12] or None,
+    }
+    if hypervisor:
+        view["hypervisor"] = hypervisor
+    view.update(record.extra)
+    return view
+
+
+def _diff_view(view):
+    """The part of a view that ``--diff`` compares: the declared fields, without runtime facts like IPs."""
+    if view is None:
+        return {}
+    keep = ("state", "virt_type", "flavor", "image", "image_pool", "hostname", "networks", "metadata", "tags",
+            "config_drive")
+    out = dict((k, view.get(k)) for k in keep)
+    out["networks"] = [dict((k, v) for k, v in n.items() if k != "ips") for n in view.get("networks") or []]
+    return out
+
+
+class ServerPlanner:
+    """Compares one declared server with its domain on one host and plans the steps between them."""
+
+    def __init__(self, client, request, now=None):
+        self.client = client
+        self.request = request
+        self.now = now or datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z"
+        self._host_record_cache = None
+
+    def plan(self):
+        req = self.request
+        actual = read_server(self.client, req.name)
+        plan = Plan()
+        plan.actual = actual
+        if actual is not None and not actual.managed:
+            raise ConflictError(
+                "a domain called %s exists on %s but was not created by virtfleet.compute; it is never touched. "
+                "Choose another name or remove that domain yourself" % (req.name, self.client.uri), field="name")
+        plan.before = _diff_view(server_view(actual)) if actual is not None else {}
+        if req.state == "absent":
+            if actual is not None:
+                self._plan_delete(plan, actual)
+        elif actual is None:
+            self._plan_create(plan, req.for_new_server())
+        else:
+            self._plan_update(plan, actual, req.for_existing(actual.domain))
+        return plan
+
+    # -- delete -----------------------------------------------------------------------------------------------------
+
+    def _plan_delete(self, plan, actual):
+        dom = actual.dom
+        client = self.client
+        name = actual.domain.name
+        if actual.power in ("running", "paused"):
+            plan.add("power off %s" % name, lambda: client.destroy_domain(dom))
+        plan.add("undefine domain %s" % name, lambda: client.undefine_domain(dom))
+        for role, ref in sorted(actual.record.volumes.items()):
+            plan.add("delete %s volume %s/%s" % (role, ref["pool"], ref["name"]),
+                     _delete_volume_step(client, ref, name))
+
+    # -- create -----------------------------------------------------------------------------------------------------
+
+    def _plan_create(self, plan, definition):
+        req = self.request
+        client = self.client
+        flavor = definition.flavor
+        resolved = self._resolve_references(definition)
+        image = resolved["image"]
+        instance_pool = resolved["instance_pool"]
+        root_bytes = self._root_bytes(flavor, image)
+        server_uuid = str(uuidlib.uuid4())
+
+        volumes = {}
+        for role, wanted in (("root", True), ("config", True), ("ephemeral", flavor.ephemeral_gb),
+                             ("swap", flavor.swap_mb)):
+            if wanted:
+                volumes[role] = {"pool": req.instance_pool, "name": volume_name(req.name, server_uuid, role)}
+
+        drive_inputs = self._config_drive_inputs(server_uuid, definition)
+        drive_hash = _drive_hash(drive_inputs)
+        record = self._record(definition, resolved["virt_type"], drive_hash, volumes, created=self.now)
+        xml = render_domain(DomainSpec(req.name, server_uuid, resolved["virt_type"], flavor, definition.nics,
+                                       volumes, record))
+
+        plan.add("create root disk %s (%d GiB qcow2 overlay on %s/%s)"
+                 % (volumes["root"]["name"], root_bytes // GIB, image["pool"], image["name"]),
+                 lambda: client.create_volume(instance_pool, _overlay_xml(volumes["root"]["name"], root_bytes, image)),
+                 undo=_delete_volume_step(client, volumes["root"], req.name))
+        plan.add("write config drive %s" % volumes["config"]["name"],
+                 lambda: self._write_config_drive(instance_pool, volumes["config"]["name"], drive_inputs),
+                 undo=_delete_volume_step(client, volumes["config"], req.name))
+        if "ephemeral" in volumes:
+            plan.add("create ephemeral disk %s (%d GiB)" % (volumes["ephemeral"]["name"], flavor.ephemeral_gb),
+                     _create_blank_step(client, instance_pool, volumes["ephemeral"]["name"], flavor.ephemeral_gb * GIB),
+                     undo=_delete_volume_step(client, volumes["ephemeral"], req.name))
+        if "swap" in volumes:
+            plan.add("create swap disk %s (%d MiB)" % (volumes["swap"]["name"], flavor.swap_mb),
+                     _create_blank_step(client, instance_pool, volumes["swap"]["name"], flavor.swap_mb * MIB),
+                     undo=_delete_volume_step(client, volumes["swap"], req.name))
+
+        holder = {}
+
+        def define():
+            holder["dom"] = client.define_domain(xml)
+
+        def undefine():
+            dom = holder.get("dom") or client.lookup_domain(req.name)
+            if dom is not None:
+                client.destroy_domain(dom)
+                client.undefine_domain(dom)
+
+        plan.add("define domain %s (%s, %d vCPU, %d MiB)" % (req.name, resolved["virt_type"], flavor.vcpus,
+                                                             flavor.ram_mb), define, undo=undefine)
+        final = "stopped" if req.state == "present" else req.state
+        self._plan_power(plan, "stopped", final, lambda: holder["dom"], creating=True)
+        plan.after = _predicted_view(definition, record, resolved["virt_type"], final)
+        plan.created = True
+
+    # -- update -----------------------------------------------------------------------------------------------------
+
+    def _plan_update(self, plan, actual, definition):
+        req = self.request
+        client = self.client
+        domain = actual.domain
+        record = domain.record
+        dom = actual.dom
+        flavor = definition.flavor
+
+        virt_type = domain.virt_type
+        if req.virt_type != "auto" and req.virt_type != domain.virt_type:
+            virt_type = resolve_virt_type(client, req.virt_type, self._host_record())
+
+        drive_inputs = None
+        drive_hash = record.config_drive_hash
+        if definition.cloud_init is not None:
+            drive_inputs = self._config_drive_inputs(domain.uuid, definition)
+            drive_hash = _drive_hash(drive_inputs)
+        new_hash = definition.hash(virt_type, drive_hash)
+        new_record = self._record(definition, virt_type, drive_hash, dict(record.volumes), created=record.created,
+                                  extra=record.extra, spec_hash_value=new_hash)
+
+        offline_steps = []  # need the guest powered off
+        online_steps = []  # fine while it runs
+        restart = (virt_type != domain.virt_type or flavor.vcpus != domain.vcpus or flavor.ram_mb != domain.ram_mb
+                   or [n.to_dict() for n in definition.nics] != [n.to_dict() for n in domain.managed_nics()])
+
+        rebuild = (record.image or {}) != definition.image
+        if rebuild and not req.allow_rebuild:
+            raise ConflictError(
+                "the server runs image %s/%s; changing it to %s/%s means rebuilding its root disk (its data is "
+                "lost). Set allow_rebuild: true to rebuild, or keep the image"
+                % ((record.image or {}).get("pool"), (record.image or {}).get("name"), definition.image["pool"],
+                   definition.image["name"]), field="image")
+
+        # The volumes are only looked at when the declared spec differs from the one the server was built from:
+        # an unchanged server costs one XML read, however many disks it has.
+        if record.spec_hash != new_hash or rebuild:
+            pool = client.lookup_pool(record.volumes["root"]["pool"], field="instance_pool")
+            if rebuild:
+                image = self._resolve_references(definition, instance_pool=pool, check_virt_type=False)["image"]
+                name = record.volumes["root"]["name"]
+                offline_steps.append((
+                    "rebuild root disk %s from %s/%s (its content is replaced)" % (name, image["pool"], image["name"]),
+                    _rebuild_root_step(client, pool, name, self._root_bytes(flavor, image), image)))
+            else:
+                self._plan_disk_growth(online_steps, pool, actual, record.volumes["root"], "root",
+                                       flavor.disk_gb * GIB if flavor.disk_gb else 0, "flavor.disk_gb")
+            for role, size in (("ephemeral", flavor.ephemeral_gb * GIB), ("swap", flavor.swap_mb * MIB)):
+                ref = record.volumes.get(role)
+                if ref is None and size:
+                    name = volume_name(req.name, domain.uuid, role)
+                    new_record.volumes[role] = {"pool": pool.name(), "name": name}
+                    offline_steps.append(("create %s disk %s" % (role, name),
+                                          _create_blank_step(client, pool, name, size)))
+                elif ref is not None and not size:
+                    raise ConflictError(
+                        "removing the %s disk would destroy its data; keep %s in the flavor or rebuild the server"
+                        % (role, "swap_mb" if role == "swap" else "ephemeral_gb"), field="flavor")
+                elif ref is not None:
+                    self._plan_disk_growth(online_steps, pool, actual, ref, role, size,
+                                           "flavor.swap_mb" if role == "swap" else "flavor.ephemeral_gb")
+            if drive_hash != record.config_drive_hash:
+                ref = record.volumes["config"]
+                online_steps.append(("rewrite config drive %s" % ref["name"],
+                                     lambda: self._write_config_drive(pool, ref["name"], drive_inputs)))
+                plan.warnings.append(
+                    "the config drive of %s was rewritten: cloud-init reads user data and keys at first boot, so a "
+                    "running guest sees them only if it re-runs cloud-init (or after a rebuild)" % req.name)
+
+        spec = DomainSpec(req.name, domain.uuid, virt_type, flavor, definition.nics, new_record.volumes, new_record)
+        old_xml = ET.tostring(domain.tree, encoding="unicode")
+        new_xml = render_domain(spec, base_xml=old_xml)
+        definition_changed = canonical(new_xml) != canonical(old_xml)
+
+        power = actual.power
+        target = power if req.state == "present" else req.state
+        needs_offline = bool(offline_steps) or (restart and definition_changed)
+        if needs_offline and power == "suspended":
+            raise ConflictError(
+                "%s is suspended to disk and this change needs it powered off; its saved memory would not match the "
+                "new definition. Resume it (state: running) or stop it (state: stopped) first" % req.name)
+        if needs_offline and power in ("running", "paused"):
+            self._plan_stop(plan, lambda: dom, power, hard=rebuild)
+            if req.state == "present":
+                target = power  # present keeps the power state it found: come back up after the change
+            power = "stopped"
+        for label, func in offline_steps + online_steps:
+            plan.add(label, func)
+        if definition_changed:
+            plan.add("update definition of %s" % req.name, lambda: client.define_domain(new_xml))
+        self._plan_power(plan, power, target, lambda: dom)
+        plan.after = _predicted_view(definition, new_record, virt_type, target)
+
+    def _plan_disk_growth(self, steps, pool, actual, ref, role, wanted, field):
+        """Grow a disk in place (live if the server runs) when the flavor asks for more; refuse to shrink."""
+        client = self.client
+        vol = client.lookup_volume(pool, ref["name"])
+        if vol is None:
+            raise NotFoundError("the %s disk %s/%s of %s is missing" % (role, pool.name(), ref["name"],
+                                                                       actual.domain.name))
+        current = client.volume_info(vol)["capacity"]
+        if wanted == 0:
+            return  # disk_gb 0: "as large as the image" never shrinks an existing disk
+        if wanted < current:
+            raise ConflictError(
+                "the %s disk is %s and a disk never shrinks; declare at least that size, or rebuild the server"
+                % (role, _size_text(current)), field=field)
+        if wanted > current:
+            dom = actual.dom
+            steps.append(("grow %s disk %s from %s to %s" % (role, ref["name"], _size_text(current),
+                                                             _size_text(wanted)),
+                          _grow_step(client, vol, dom, DISK_TARGETS[role], wanted)))
+
+    # -- power ------------------------------------------------------------------------------------------------------
+
+    def _plan_stop(self, plan, get_dom, power, hard=False):
+        client = self.client
+        timeout = self.request.shutdown_timeout
+        if hard or power == "paused":
+            # A paused guest cannot hear the power button; a rebuild throws the disk away anyway.
+            plan.add("power off %s" % self.request.name, lambda: client.destroy_domain(get_dom()))
+        else:
+            plan.add("shut down %s (ACPI, then power off after %d s)" % (self.request.name, timeout),
+                     lambda: graceful_stop(client, get_dom(), timeout))
+
+    def _plan_power(self, plan, current, target, get_dom, creating=False):
+        client = self.client
+        name = self.request.name
+        if target == current:
+            return
+        undo = (lambda: client.destroy_domain(get_dom())) if creating else None
+        if current == "suspended":
+            if target == "stopped":
+                plan.add("discard saved state of %s" % name, lambda: client.remove_managed_save(get_dom()))
+                return
+            current = "stopped"  # starting restores the saved state
+        if target == "running":
+            if current == "paused":
+                plan.add("resume %s" % name, lambda: client.resume_domain(get_dom()))
+            else:
+                plan.add("start %s" % name, lambda: client.start_domain(get_dom()), undo=undo)
+        elif target == "paused":
+            if current == "stopped":
+                plan.add("start %s" % name, lambda: client.start_domain(get_dom()), undo=undo)
+            plan.add("pause %s" % name, lambda: client.suspend_domain(get_dom()))
+        elif target == "stopped":
+            self._plan_stop(plan, get_dom, current)
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+
+    def _record(self, definition, virt_type, drive_hash, volumes, created, extra=None, spec_hash_value=None):
+        return ServerRecord(
+            created=created,
+            spec_hash=spec_hash_value or definition.hash(virt_type, drive_hash),
+            flavor=definition.flavor,
+            image=definition.image,
+            config_drive_hash=drive_hash,
+            volumes=volumes,
+            metadata=definition.metadata,
+            tags=definition.tags,
+            hostname=definition.hostname,
+            extra=extra,
+        )
+
+    def _resolve_references(self, definition, instance_pool=None, check_virt_type=True):
+        """Look up everything the definition names on the host; fail before any change if something is missing."""
+        req = self.request
+        client = self.client
+        out = {}
+        image_ref = definition.image
+        image_pool = client.lookup_pool(image_ref["pool"], field="image_pool")
+        vol = client.lookup_volume(image_pool, image_ref["name"])
+        if vol is None:
+            raise NotFoundError("image %s not found in storage pool %s (import it with the image module)"
+                                % (image_ref["name"], image_ref["pool"]), field="image")
+        out["image"] = _base_image(client, image_ref, vol)
+        out["instance_pool"] = instance_pool or client.lookup_pool(req.instance_pool, field="instance_pool")
+        for index, nic in enumerate(definition.nics):
+            field = "networks[%d]" % index
+            if nic.kind == "network":
+                net = client.lookup_network(nic.source)
+                if net is None:
+                    raise NotFoundError("libvirt network %s does not exist on %s" % (nic.source, client.uri),
+                                        field=field + ".network")
+                if req.state in ("running", "paused") and not client.network_active(net):
+                    raise ValidationError("libvirt network %s is not active; start it (network module) before "
+                                          "starting servers on it" % nic.source, field=field + ".network")
+        if check_virt_type:
+            out["virt_type"] = resolve_virt_type(client, req.virt_type, self._host_record())
+        return out
+
+    def _host_record(self):
+        if self._host_record_cache is None:
+            self._host_record_cache = RecordStore(self.client).read("host") or {}
+        return self._host_record_cache
+
+    def _root_bytes(self, flavor, image):
+        virtual = image["virtual_size"]
+        if flavor.disk_gb == 0:
+            return virtual
+        wanted = flavor.disk_gb * GIB
+        if wanted < virtual:
+            raise ValidationError(
+                "%d GiB is smaller than image %s (%s virtual size); choose a larger disk or disk_gb: 0 (the image's "
+                "size)" % (flavor.disk_gb, image["name"], _size_text(virtual)), field="flavor.disk_gb")
+        return wanted
+
+    def _config_drive_inputs(self, server_uuid, definition):
+        cloud_init = definition.cloud_init
+        network_config = cloud_init["network_config"]
+        if network_config is None and definition.nics:
+            network_config = _configdrive.network_config_v2([{"mac": nic.mac} for nic in definition.nics],
+                                                            field="networks")
+        vendor = ""
+        if definition.flavor.swap_mb:
+            vendor += _VENDOR_SWAP
+        if definition.flavor.ephemeral_gb:
+            vendor += _VENDOR_EPHEMERAL
+        return {
+            "instance_id": server_uuid,
+            "hostname": cloud_init["hostname"],
+            "user_data": cloud_init["user_data"],
+            "ssh_authorized_keys": cloud_init["ssh_authorized_keys"],
+            "network_config": network_config,
+            "vendor_data": ("#cloud-config\nbootcmd:\n" + vendor) if vendor else None,
+        }
+
+    def _write_config_drive(self, pool, name, inputs):
+        data = _configdrive.build_nocloud_iso(**inputs)
+        vol = self.client.lookup_volume(pool, name)
+        if vol is None:
+            vol = self.client.create_volume(pool, _raw_xml(name, len(data)))
+        elif self.client.volume_info(vol)["capacity"] < len(data):
+            self.client.resize_volume(vol, len(data))
+        capacity = self.client.volume_info(vol)["capacity"]
+        # An ISO reader stops at the end of the filesystem, so zero padding up to the volume's size is harmless.
+        self.client.upload_bytes(vol, data + b"\0" * (capacity - len(data)))
+
+
+def _predicted_view(definition, record, virt_type, power):
+    """The diff view of the server as the plan will leave it."""
+    return {
+        "state": power,
+        "virt_type": virt_type,
+        "flavor": definition.flavor.to_dict(),
+        "image": definition.image.get("name"),
+        "image_pool": definition.image.get("pool"),
+        "hostname": definition.hostname,
+        "networks": [n.to_dict() for n in definition.nics],
+        "metadata": record.metadata,
+        "tags": record.tags,
+        "config_drive": (record.config_drive_hash or "")[:12] or None,
+    }
+
+
+def _drive_hash(inputs):
+    """The hash of a config drive's content, leaving out the instance id.
+
+    The instance id is the server's UUID: fixed for the server's life, and not known yet in check mode. Leaving it
+    out lets check mode predict the hash the real run records.
+    """
+    return _configdrive.content_hash(**dict(inputs, instance_id="server"))
+
+
+def _current_flavor(domain):
+    """The flavor a server has now: its snapshot, with vCPUs and RAM as the domain really has them."""
+    snapshot = domain.record.flavor or Flavor(vcpus=domain.vcpus, ram_mb=domain.ram_mb, disk_gb=0)
+    data = snapshot.to_dict()
+    data.update(vcpus=domain.vcpus, ram_mb=domain.ram_mb)
+    return Flavor(**data)
+
+
+def _size_text(size):
+    if size % GIB == 0:
+        return "%d GiB" % (size // GIB)
+    if size >= GIB:
+        return "%.1f GiB" % (size / float(GIB))
+    return "%d MiB" % (size // MIB)
+
+
+def graceful_stop(client, dom, timeout):
+    """ACPI power button, wait up to ``timeout`` seconds, then pull the plug. Returns how it ended."""
+    if client.domain_state(dom) not in ("running", "blocked", "pmsuspended", "paused"):
+        return "already-off"
+    try:
+        client.shutdown_domain(dom)
+    except Exception:  # pylint: disable=broad-except
+        # Some guests (no ACPI yet, still booting) refuse the request outright: fall through to the hard stop.
+        pass
+    deadline = Deadline(timeout)
+    while not deadline.expired():
+        if client.domain_state(dom) == "shutoff":
+            return "graceful"
+        import time
+
+        time.sleep(0.5)
+    client.destroy_domain(dom)
+    return "forced"
+
+
+def wait_until_ready(client, name, nics, timeout):
+    """Wait until the server runs and every NIC on a libvirt network has an IPv4 address; returns the seconds."""
+    deadline = Deadline(timeout)
+    dom = client.lookup_domain(name)
+    wait_for(lambda: client.domain_state(dom) == "running", timeout, "%s to run" % name, deadline=deadline)
+    dhcp_macs = [nic.mac for nic in nics if nic.kind == "network"]
+
+    def has_addresses():
+        addresses = client.domain_addresses(dom)
+        return all(any(":" not in a for a in addresses.get(mac, [])) for mac in dhcp_macs)
+
+    if dhcp_macs:
+        wait_for(has_addresses, timeout, "an IP address on every network of %s" % name, interval=1.0,
+                 deadline=deadline)
+    return round(deadline.elapsed(), 1)
+
+
+def _flavor(value):
+    if isinstance(value, Flavor):
+        return value
+    if value is None:
+        raise ValidationError("is required (vcpus, ram_mb, disk_gb)", field="flavor")
+    return Flavor.from_dict(value, field="flavor")
+
+
+def _string_map(value, field):
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError("must be a dict of strings", field=field)
+    out = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _KEY_RE.match(key):
+            raise ValidationError("key %r must be 1-255 letters, digits or _.:-" % (key,), field=field)
+        if isinstance(item, (dict, list)):
+            raise ValidationError("value of %s must be a string, number or boolean" % key, field="%s.%s" % (field, key))
+        out[key] = item if isinstance(item, str) else str(item).lower() if isinstance(item, bool) else str(item)
+    return out
+
+
+def _tags(value):
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValidationError("must be a list of strings", field="tags")
+    out = []
+    for index, tag in enumerate(value):
+        if not isinstance(tag, str) or not tag or len(tag) > 60 or "," in tag or "/" in tag:
+            raise ValidationError("must be a non-empty string of at most 60 characters without ',' or '/' (as in "
+                                  "Nova)", field="tags[%d]" % index)
+        if tag not in out:
+            out.append(tag)
+    return sorted(out)
+
+
+def _nics(server_name, networks):
+    if not isinstance(networks, list):
+        raise ValidationError("must be a list", field="networks")
+    nics = []
+    seen = set()
+    for index, entry in enumerate(networks):
+        field = "networks[%d]" % index
+        if isinstance(entry, str):
+            entry = {"network": entry}
+        if not isinstance(entry, dict):
+            raise ValidationError("must be a dict with network or bridge", field=field)
+        unknown = sorted(set(entry) - set(("network", "bridge", "mac", "model", "fixed_ip")))
+        if unknown:
+            raise ValidationError("unknown field(s) %s" % ", ".join(unknown), field=field)
+        kinds = [k for k in ("network", "bridge") if entry.get(k)]
+        if len(kinds) != 1:
+            raise ValidationError("give exactly one of network (a libvirt network) or bridge (a host bridge)",
+                                  field=field)
+        kind = kinds[0]
+        mac = (entry.get("mac") or derive_mac(server_name, index)).lower()
+        if not _MAC_RE.match(mac):
+            raise ValidationError("%r is not a MAC address (aa:bb:cc:dd:ee:ff)" % mac, field=field + ".mac")
+        if int(mac.split(":")[0], 16) & 1:
+            raise ValidationError("%s is a multicast MAC address; the first byte must be even" % mac,
+                                  field=field + ".mac")
+        if mac in seen:
+            raise ValidationError("MAC %s is used twice" % mac, field=field + ".mac")
+        seen.add(mac)
+        model = entry.get("model") or "virtio"
+        if model not in NIC_MODELS:
+            raise ValidationError("must be one of %s" % ", ".join(NIC_MODELS), field=field + ".model")
+        nics.append(Nic(kind, entry[kind], mac, model, entry.get("fixed_ip")))
+    return nics
+
+
+def _base_image(client, image_ref, vol):
+    """The base image's path, format and virtual size; refuses a base that would be unsafe to boot from."""
+    name = image_ref["name"]
+    root = ET.fromstring(client.volume_xml(vol))
+    fmt_elem = root.find("target/format")
+    fmt = fmt_elem.get("type") if fmt_elem is not None else "raw"
+    if fmt not in SAFE_BASE_FORMATS:
+        raise ValidationError("image %s is %s; servers boot from raw or qcow2 images only (the image module "
+                              "converts nothing: convert it with qemu-img first)" % (name, fmt), field="image")
+    if root.find("backingStore/path") is not None:
+        raise ValidationError("image %s has a backing file of its own; a base image must be self-contained "
+                              "(re-import it with the image module)" % name, field="image")
+    info = client.volume_info(vol)
+    return {"path": client.volume_path(vol), "format": fmt, "virtual_size": info["capacity"],
+            "pool": image_ref["pool"], "name": name}
+
+
+def _overlay_xml(name, capacity, image):
+    root = ET.Element("volume")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "capacity", {"unit": "bytes"}).text = str(capacity)
+    target = ET.SubElement(root, "target")
+    ET.SubElement(target, "format", {"type": "qcow2"})
+    backing = ET.SubElement(root, "backingStore")
+    ET.SubElement(backing, "path").text = image["path"]
+    # The backing format is written into the overlay explicitly, so QEMU never probes it (CVE-2024-32498's lesson).
+    ET.SubElement(backing, "format", {"type": image["format"]})
+    return ET.tostring(root, encoding="unicode")
+
+
+def _blank_xml(name, capacity):
+    root = ET.Element("volume")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "capacity", {"unit": "bytes"}).text = str(capacity)
+    ET.SubElement(root, "allocation", {"unit": "bytes"}).text = "0"
+    target = ET.SubElement(root, "target")
+    ET.SubElement(target, "format", {"type": "qcow2"})
+    return ET.tostring(root, encoding="unicode")
+
+
+def _raw_xml(name, capacity):
+    root = ET.Element("volume")
+    ET.SubElement(root, "name").text = name
+    ET.SubElement(root, "capacity", {"unit": "bytes"}).text = str(capacity)
+    target = ET.SubElement(root, "target")
+    ET.SubElement(target, "format", {"type": "raw"})
+    return ET.tostring(root, encoding="unicode")
+
+
+def _delete_volume_step(client, ref, server_name):
+    def run():
+        pool = client.find_pool(ref["pool"])
+        if pool is None:
+            return
+        # Only volumes named after this server are ever deleted: a record edited by hand cannot point us at
+        # someone else's disk.
+        if not ref["name"].startswith(server_name + "-"):
+            raise ConflictError("refusing to delete volume %s/%s: it is not named after server %s"
+                                % (ref["pool"], ref["name"], server_name))
+        vol = client.lookup_volume(pool, ref["name"])
+        if vol is not None:
+            client.delete_volume(vol)
+    return run
+
+
+def _grow_step(client, vol, dom, target, capacity):
+    def run():
+        if client.domain_state(dom) in ("running", "paused", "blocked"):
+            client.resize_disk_live(dom, target, capacity)
+        else:
+            client.resize_volume(vol, capacity)
+    return run
+
+
+def _create_blank_step(client, pool, name, capacity):
+    return lambda: client.create_volume(pool, _blank_xml(name, capacity))
+
+
+def _rebuild_root_step(client, pool, name, capacity, image):
+    def run():
+        vol = client.lookup_volume(pool, name)
+        if vol is not None:
+            client.delete_volume(vol)
+        client.create_volume(pool, _overlay_xml(name, capacity, image))
+    return run
+
+
+def converge_server(client, params, check_mode=False, diff_mode=False):
+    """The ``server`` module's whole job: plan, execute (unless check mode), wait, and describe the result."""
+    request = ServerRequest(params)
+    plan = ServerPlanner(client, request).plan()
+    plan.execute(check_mode)
+    result = {"changed": plan.changed, "actions": plan.actions, "warnings": list(plan.warnings)}
+    if diff_mode:
+        result["diff"] = plan.diff()
+    if request.state == "absent":
+        result["server"] = {}
+        return result
+    if check_mode:
+        server = server_view(plan.actual) if plan.actual is not None else {"name": request.name, "uuid": None}
+        server.update(plan.after)
+        result["server"] = server
+        return result
+    if request.wait and plan.after.get("state") == "running":
+        result["waited"] = wait_until_ready(client, request.name, _nics_of(client, request.name),
+                                            request.wait_timeout)
+    result["server"] = server_view(read_server(client, request.name), hypervisor=client.hostname())
+    return result
+
+
+def _nics_of(client, name):
+    return read_server(client, name).domain.managed_nics()

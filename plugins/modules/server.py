@@ -1,0 +1,285 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: virtfleet.compute contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: server
+short_description: Declare a server (a libvirt domain) the way Nova builds one
+version_added: 0.1.0
+description:
+  - Creates, changes, powers and deletes one server on a libvirt host from its declared state, like
+    C(openstack server create) but idempotent.
+  - The root disk is a qcow2 overlay on a base image of the image pool (never a full copy), grown to the flavor's
+    disk size. A cloud-init NoCloud config drive (user data, SSH keys, host name, network config) is built in Python
+    and uploaded through libvirt; swap and ephemeral disks are formatted by the guest at first boot.
+  - The server keeps its facts (flavor snapshot, image, creation time, volumes, metadata, tags, a hash of the
+    declared spec) in its domain XML under the C(http://virtfleet.io/xmlns/compute/1.0) namespace. A domain without
+    them was not made by this collection and is never changed or deleted; the module fails instead.
+  - A change of vCPUs, RAM or networks is applied to the definition and, if the server runs, by a graceful restart.
+    A larger disk is grown in place, live if the server runs. A smaller disk is refused. Another image is refused
+    unless O(allow_rebuild=true), which replaces the root disk.
+  - Deleting a server deletes its root disk, config drive, swap and ephemeral disks; never the base image.
+author:
+  - virtfleet.compute developers
+extends_documentation_fragment:
+  - virtfleet.compute.connection
+  - virtfleet.compute.connection.wait
+attributes:
+  check_mode:
+    support: full
+    description: Check mode reports exactly the steps the real run takes, in C(actions).
+  diff_mode:
+    support: full
+    description: The declared fields before and after (state, flavor, image, networks, metadata, tags, config drive).
+  idempotent:
+    support: full
+    description: A second run with the same arguments reports no change.
+options:
+  name:
+    description:
+      - Name of the server; also its libvirt domain name and, unless O(hostname) is set, its host name.
+      - A single RFC 1123 label (letters, digits, inner hyphens; at most 63 characters).
+    type: str
+    required: true
+  state:
+    description:
+      - V(running), V(stopped) and V(paused) create the server if needed and bring it to that power state.
+      - V(present) creates the server (defined, not started) if it does not exist and leaves the power state of an
+        existing one alone.
+      - V(absent) powers the server off and deletes it with the volumes created for it.
+      - V(stopped) asks the guest to shut down (ACPI power button) and powers it off after O(shutdown_timeout).
+    type: str
+    choices: [running, stopped, paused, present, absent]
+    default: running
+  flavor:
+    description:
+      - The server's size, as a dict with C(vcpus), C(ram_mb), C(disk_gb) and optionally C(swap_mb),
+        C(ephemeral_gb), C(name), C(description) and C(extra_specs).
+      - C(disk_gb=0) means as large as the image's virtual size, as in Nova.
+      - Required to create a server. Omitted, an existing server keeps its flavor.
+    type: dict
+  image:
+    description:
+      - Name of the base image volume in O(image_pool) (see M(virtfleet.compute.image)).
+      - Required to create a server. Omitted, an existing server keeps its image.
+    type: str
+  image_pool:
+    description: libvirt storage pool holding base images.
+    type: str
+    default: virtfleet-images
+  instance_pool:
+    description: libvirt storage pool for the server's own volumes (root overlay, config drive, swap, ephemeral).
+    type: str
+    default: virtfleet-instances
+  networks:
+    description:
+      - Network interfaces, in guest order (the guest sees them as eth0, eth1, ...).
+      - Without an explicit C(mac), each NIC gets a stable MAC derived from the server name and its position, so it
+        survives rebuilds and migrations.
+      - Omitted, an existing server keeps its NICs; a new server gets none.
+    type: list
+    elements: dict
+    suboptions:
+      network:
+        description: Name of a libvirt network. Exactly one of C(network) and C(bridge).
+        type: str
+      bridge:
+        description: Name of a Linux bridge on the host. Exactly one of C(network) and C(bridge).
+        type: str
+      mac:
+        description: MAC address; derived from the server name and the NIC's position when omitted.
+        type: str
+      model:
+        description: NIC model.
+        type: str
+        choices: [virtio, e1000, e1000e, rtl8139]
+        default: virtio
+  hostname:
+    description: Host name given to the guest by cloud-init; defaults to O(name).
+    type: str
+  user_data:
+    description:
+      - The config drive options (O(hostname), O(user_data), O(ssh_authorized_keys), O(network_config)) are declared
+        together. If none is given for an existing server its config drive is left alone; if any is given, the
+        omitted ones take their defaults.
+      - cloud-init user data (a C(#cloud-config) document, a shell script, a MIME multipart), passed through as is.
+      - cloud-init reads it at first boot only; changing it later rewrites the config drive but does not re-run it.
+    type: str
+  ssh_authorized_keys:
+    description: Public SSH keys for the image's default user, given to the guest through the config drive.
+    type: list
+    elements: str
+  network_config:
+    description:
+      - cloud-init network configuration (version 2) written to the config drive instead of the generated one.
+      - By default every NIC is matched by MAC, named C(ethN) and configured by DHCP.
+    type: dict
+  metadata:
+    description:
+      - User metadata (string keys and values), stored in the domain XML.
+      - Omitted, an existing server keeps its metadata.
+    type: dict
+  tags:
+    description:
+      - Tags (as in Nova), stored in the domain XML.
+      - Omitted, an existing server keeps its tags.
+    type: list
+    elements: str
+  virt_type:
+    description:
+      - Domain type. V(kvm) uses hardware virtualization, V(qemu) software emulation (TCG).
+      - V(auto) takes the host's verdict recorded by the C(compute_node) role, or else kvm when libvirt offers it
+        and the host CPU has vmx/svm, else qemu. Nested or emulated hosts that expose C(/dev/kvm) without those
+        flags cannot boot Linux guests under KVM, so they get qemu.
+      - An existing server keeps its type under V(auto).
+    type: str
+    choices: [auto, kvm, qemu]
+    default: auto
+  allow_rebuild:
+    description:
+      - Allow a change of O(image) on an existing server by rebuilding its root disk from the new image. Everything
+        on the old root disk is lost; name, UUID, MACs and the other disks are kept.
+    type: bool
+    default: false
+  shutdown_timeout:
+    description: Seconds a graceful shutdown may take before the server is powered off.
+    type: int
+    default: 120
+notes:
+  - Swap and ephemeral disks are formatted and enabled by cloud-init in the guest at first boot (vendor data):
+    nothing but libvirt runs on the host.
+  - On hosts without usable KVM (nested clouds, CI runners) servers run under software emulation, much slower.
+seealso:
+  - module: virtfleet.compute.server_info
+  - module: virtfleet.compute.image
+"""
+
+EXAMPLES = r"""
+- name: A running Debian server with an SSH key, on the default NAT network
+  virtfleet.compute.server:
+    name: web-1
+    flavor: {vcpus: 1, ram_mb: 1024, disk_gb: 10}
+    image: debian-12
+    networks:
+      - network: default
+    ssh_authorized_keys:
+      - "{{ lookup('file', '~/.ssh/id_ed25519.pub') }}"
+    metadata:
+      role: web
+    tags: [production]
+  register: web
+
+- name: Print its address
+  ansible.builtin.debug:
+    msg: "ssh debian@{{ web.server.ips[0] }}"
+
+- name: Grow it (RAM needs a restart; the disk grows live)
+  virtfleet.compute.server:
+    name: web-1
+    flavor: {vcpus: 2, ram_mb: 2048, disk_gb: 20}
+    image: debian-12
+    networks: [{network: default}]
+
+- name: Stop it gracefully (options left out keep their current values)
+  virtfleet.compute.server:
+    name: web-1
+    state: stopped
+
+- name: On a remote hypervisor, from the controller
+  virtfleet.compute.server:
+    uri: qemu+ssh://root@compute-2.example.com/system
+    name: db-1
+    flavor: {vcpus: 4, ram_mb: 8192, disk_gb: 40, swap_mb: 1024}
+    image: debian-12
+    networks: [{bridge: br-prod}]
+    user_data: |
+      #cloud-config
+      packages: [postgresql]
+
+- name: Delete it and its disks (never the base image)
+  virtfleet.compute.server:
+    name: web-1
+    state: absent
+"""
+
+RETURN = r"""
+server:
+  description: The server after the run (predicted in check mode); empty after O(state=absent).
+  returned: always
+  type: dict
+  contains:
+    name: {description: Server name., type: str, sample: web-1}
+    uuid: {description: libvirt domain UUID (null for a server check mode would create)., type: str}
+    state: {description: Power state (running, stopped, paused, suspended)., type: str, sample: running}
+    virt_type: {description: Domain type., type: str, sample: qemu}
+    flavor: {description: The flavor snapshot, with vCPUs and RAM as defined., type: dict}
+    image: {description: Base image name., type: str, sample: debian-12}
+    image_pool: {description: Pool of the base image., type: str}
+    hostname: {description: Guest host name., type: str}
+    networks: {description: NICs with network or bridge, mac, model and ips., type: list, elements: dict}
+    ips: {description: IP addresses of all NICs (when running and known)., type: list, elements: str,
+          sample: [192.168.122.50]}
+    metadata: {description: User metadata., type: dict}
+    tags: {description: Tags., type: list, elements: str}
+    created: {description: Creation time (UTC, ISO 8601)., type: str}
+    volumes: {description: Volumes created for the server, by role (root, config, swap, ephemeral)., type: dict}
+    hypervisor: {description: Host name of the hypervisor., type: str}
+actions:
+  description: The steps taken (or, in check mode, that would be taken), in order.
+  returned: always
+  type: list
+  elements: str
+  sample: ["create root disk web-1-root-1a2b3c4d.qcow2 (10 GiB qcow2 overlay on virtfleet-images/debian-12)",
+           "write config drive web-1-config-1a2b3c4d.iso", "define domain web-1 (qemu, 1 vCPU, 1024 MiB)",
+           "start web-1"]
+waited:
+  description: Seconds spent waiting for the server to run and get its addresses.
+  returned: when the module waited
+  type: float
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.virtfleet.compute.plugins.module_utils._module import CONNECTION_ARGS, WAIT_ARGS, run_module
+from ansible_collections.virtfleet.compute.plugins.module_utils._server import converge_server
+
+
+def main():
+    argument_spec = dict(
+        name=dict(type="str", required=True),
+        state=dict(type="str", default="running", choices=["running", "stopped", "paused", "present", "absent"]),
+        flavor=dict(type="dict"),
+        image=dict(type="str"),
+        image_pool=dict(type="str", default="virtfleet-images"),
+        instance_pool=dict(type="str", default="virtfleet-instances"),
+        networks=dict(type="list", elements="dict", options=dict(
+            network=dict(type="str"),
+            bridge=dict(type="str"),
+            mac=dict(type="str"),
+            model=dict(type="str", default="virtio", choices=["virtio", "e1000", "e1000e", "rtl8139"]),
+        ), mutually_exclusive=[("network", "bridge")], required_one_of=[("network", "bridge")]),
+        hostname=dict(type="str"),
+        user_data=dict(type="str"),
+        ssh_authorized_keys=dict(type="list", elements="str", no_log=False),
+        network_config=dict(type="dict"),
+        metadata=dict(type="dict"),
+        tags=dict(type="list", elements="str"),
+        virt_type=dict(type="str", default="auto", choices=["auto", "kvm", "qemu"]),
+        allow_rebuild=dict(type="bool", default=False),
+        shutdown_timeout=dict(type="int", default=120),
+    )
+    argument_spec.update(CONNECTION_ARGS)
+    argument_spec.update(WAIT_ARGS)
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        supports_check_mode=True,
+    )
+    run_module(module, lambda client: converge_server(client, module.params, module.check_mode, module._diff))
+
+
+if __name__ == "__main__":
+    main()
