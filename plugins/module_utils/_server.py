@@ -861,3 +861,18 @@ def converge_server(client, params, check_mode=False, diff_mode=False):
 
 def _nics_of(client, name):
     return read_server(client, name).domain.managed_nics()
+
+
+def list_servers(client, names=None):
+    """Views of the managed servers on the host (all of them, or those in ``names``; missing names are skipped)."""
+    hypervisor = client.hostname()
+    if names:
+        doms = [d for d in (client.lookup_domain(n) for n in names) if d is not None]
+    else:
+        doms = client.list_domains()
+    servers = []
+    for dom in doms:
+        actual = ActualServer(client, dom)
+        if actual.managed:
+            servers.append(server_view(actual, hypervisor=hypervisor))
+    return sorted(servers, key=lambda s: s["name"])

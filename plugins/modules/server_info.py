@@ -1,0 +1,106 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: virtfleet.compute contributors
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: server_info
+short_description: List the servers virtfleet.compute manages on a libvirt host
+version_added: 0.1.0
+description:
+  - Returns the managed servers of a host (all of them, or those named) with power state, flavor, image, NICs, IP
+    addresses, metadata and tags, read from libvirt.
+  - Domains this collection did not create are not listed.
+  - Never fails because a named server does not exist; it is just not in the list.
+author:
+  - virtfleet.compute developers
+extends_documentation_fragment:
+  - virtfleet.compute.connection
+attributes:
+  check_mode:
+    support: full
+    description: Reads only; runs in check mode too.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    description: Never changes anything.
+options:
+  names:
+    description: Only these servers. Omitted, every managed server of the host.
+    type: list
+    elements: str
+    aliases: [name]
+  tags:
+    description: Only servers that carry all of these tags.
+    type: list
+    elements: str
+seealso:
+  - module: virtfleet.compute.server
+"""
+
+EXAMPLES = r"""
+- name: All servers of the host
+  virtfleet.compute.server_info:
+  register: info
+
+- name: Wait (showing progress) until web-1 has an address
+  virtfleet.compute.server_info:
+    name: web-1
+  register: web
+  until: web.servers | length > 0 and web.servers[0].ips | length > 0
+  retries: 60
+  delay: 5
+
+- name: Production servers of a remote host
+  virtfleet.compute.server_info:
+    uri: qemu+ssh://root@compute-2.example.com/system
+    tags: [production]
+"""
+
+RETURN = r"""
+servers:
+  description: Managed servers, sorted by name. Same fields as the C(server) result of M(virtfleet.compute.server).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - name: web-1
+      state: running
+      uuid: 481addb5-78db-4402-8525-b50d5068da55
+      flavor: {vcpus: 1, ram_mb: 1024, disk_gb: 10, swap_mb: 0, ephemeral_gb: 0}
+      image: debian-12
+      ips: [192.168.122.50]
+      metadata: {role: web}
+      tags: [production]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.virtfleet.compute.plugins.module_utils._module import CONNECTION_ARGS, run_module
+from ansible_collections.virtfleet.compute.plugins.module_utils._server import list_servers
+
+
+def _work(client, params):
+    servers = list_servers(client, params["names"])
+    wanted = set(params["tags"] or [])
+    if wanted:
+        servers = [s for s in servers if wanted.issubset(s["tags"])]
+    return {"changed": False, "servers": servers}
+
+
+def main():
+    argument_spec = dict(
+        names=dict(type="list", elements="str", aliases=["name"]),
+        tags=dict(type="list", elements="str"),
+    )
+    argument_spec.update(CONNECTION_ARGS)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    run_module(module, lambda client: _work(client, module.params))
+
+
+if __name__ == "__main__":
+    main()
