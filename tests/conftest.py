@@ -6,7 +6,6 @@ plain checkout, so a throw-away ``ansible_collections/virtfleet/compute`` symlin
 """
 import os
 import sys
-import tempfile
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +16,8 @@ def _collection_root():
     link = os.path.join(base, "ansible_collections", "virtfleet", "compute")
     if not os.path.islink(link):
         os.makedirs(os.path.dirname(link), exist_ok=True)
-        tmp = tempfile.mktemp(dir=os.path.dirname(link))
+        # Link under a unique temporary name, then rename: concurrent test processes never see a half-made link.
+        tmp = "%s.%d" % (link, os.getpid())
         os.symlink(REPO_ROOT, tmp)
         os.replace(tmp, link)
     return base

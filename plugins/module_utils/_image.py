@@ -44,14 +44,15 @@ def parse_checksum(value, field="checksum"):
     if value is None:
         return None
     text = value.strip().lower()
-    algorithm, _, digest = text.rpartition(":")
+    algorithm, _sep, digest = text.rpartition(":")
     algorithm = algorithm or "sha256"
     if algorithm not in CHECKSUM_ALGORITHMS:
         raise ValidationError("algorithm %r is not supported; use %s" % (algorithm, " or ".join(CHECKSUM_ALGORITHMS)),
                               field=field)
     if not _HEX.match(digest) or len(digest) != _DIGEST_LENGTHS[algorithm]:
-        raise ValidationError("%r is not a %s digest (%d hex digits)" % (digest, algorithm,
-                                                                        _DIGEST_LENGTHS[algorithm]), field=field)
+        raise ValidationError(
+            "%r is not a %s digest (%d hex digits)" % (digest, algorithm, _DIGEST_LENGTHS[algorithm]), field=field
+        )
     return algorithm, digest
 
 

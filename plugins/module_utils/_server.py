@@ -323,19 +323,21 @@ class ServerPlanner:
         xml = render_domain(DomainSpec(req.name, server_uuid, resolved["virt_type"], flavor, definition.nics,
                                        volumes, record))
 
-        plan.add("create root disk %s (%d GiB qcow2 overlay on %s/%s)"
-                 % (volumes["root"]["name"], root_bytes // GIB, image["pool"], image["name"]),
+        # Labels name the disks by role, not by volume name: the volume names carry the new server's UUID, which
+        # check mode cannot know, and check mode must list exactly the steps the real run takes.
+        plan.add("create root disk (%s qcow2 overlay on %s/%s)"
+                 % (_size_text(root_bytes), image["pool"], image["name"]),
                  lambda: client.create_volume(instance_pool, _overlay_xml(volumes["root"]["name"], root_bytes, image)),
                  undo=_delete_volume_step(client, volumes["root"], req.name))
-        plan.add("write config drive %s" % volumes["config"]["name"],
+        plan.add("write config drive",
                  lambda: self._write_config_drive(instance_pool, volumes["config"]["name"], drive_inputs),
                  undo=_delete_volume_step(client, volumes["config"], req.name))
         if "ephemeral" in volumes:
-            plan.add("create ephemeral disk %s (%d GiB)" % (volumes["ephemeral"]["name"], flavor.ephemeral_gb),
+            plan.add("create ephemeral disk (%d GiB)" % flavor.ephemeral_gb,
                      _create_blank_step(client, instance_pool, volumes["ephemeral"]["name"], flavor.ephemeral_gb * GIB),
                      undo=_delete_volume_step(client, volumes["ephemeral"], req.name))
         if "swap" in volumes:
-            plan.add("create swap disk %s (%d MiB)" % (volumes["swap"]["name"], flavor.swap_mb),
+            plan.add("create swap disk (%d MiB)" % flavor.swap_mb,
                      _create_blank_step(client, instance_pool, volumes["swap"]["name"], flavor.swap_mb * MIB),
                      undo=_delete_volume_step(client, volumes["swap"], req.name))
 

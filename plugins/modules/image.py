@@ -22,7 +22,7 @@ description:
   - New content under the same name replaces the image only while no server uses it as its base.
   - O(state=absent) deletes the image, refused while any server (managed or not) uses it.
 author:
-  - virtfleet.compute developers
+  - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
   - virtfleet.compute.connection
 attributes:
@@ -123,13 +123,27 @@ image:
   returned: always
   type: dict
   contains:
-    name: {description: Image name., type: str}
-    pool: {description: Storage pool., type: str}
-    format: {description: Format given to libvirt and QEMU (raw or qcow2)., type: str}
-    sha256: {description: sha256 of the file as imported., type: str}
-    virtual_size: {description: Size of the disk the image holds, in bytes., type: int}
-    size: {description: Size of the image file, in bytes., type: int}
-    source: {description: Where it was imported from., type: str}
+    name:
+      description: Image name.
+      type: str
+    pool:
+      description: Storage pool.
+      type: str
+    format:
+      description: Format given to libvirt and QEMU, raw or qcow2.
+      type: str
+    sha256:
+      description: sha256 of the file as imported.
+      type: str
+    virtual_size:
+      description: Size in bytes of the disk the image holds.
+      type: int
+    size:
+      description: Size in bytes of the image file.
+      type: int
+    source:
+      description: Where it was imported from.
+      type: str
 actions:
   description: The steps taken (or that would be taken in check mode).
   returned: always
@@ -138,6 +152,7 @@ actions:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.virtfleet.compute.plugins.module_utils._image import converge_image
 from ansible_collections.virtfleet.compute.plugins.module_utils._module import CONNECTION_ARGS, run_module
 

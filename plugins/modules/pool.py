@@ -19,7 +19,7 @@ description:
     record and the flavor catalog).
   - Removing a pool only removes its definition; the directory and the volumes in it stay on disk.
 author:
-  - virtfleet.compute developers
+  - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
   - virtfleet.compute.connection
 attributes:
@@ -78,15 +78,38 @@ pool:
   returned: always
   type: dict
   contains:
-    name: {description: Pool name., type: str}
-    type: {description: Pool type., type: str, sample: dir}
-    path: {description: Directory of the pool on the host., type: str}
-    active: {description: Whether the pool is started., type: bool}
-    autostart: {description: Whether libvirtd starts it at boot., type: bool}
-    capacity: {description: Bytes of the filesystem holding the pool., type: int, returned: when active}
-    allocation: {description: Bytes used., type: int, returned: when active}
-    available: {description: Bytes free., type: int, returned: when active}
-    volumes: {description: Number of volumes in the pool., type: int, returned: when active}
+    name:
+      description: Pool name.
+      type: str
+    type:
+      description: Pool type.
+      type: str
+      sample: dir
+    path:
+      description: Directory of the pool on the host.
+      type: str
+    active:
+      description: Whether the pool is started.
+      type: bool
+    autostart:
+      description: Whether libvirtd starts it at boot.
+      type: bool
+    capacity:
+      description: Size in bytes of the filesystem holding the pool.
+      type: int
+      returned: when active
+    allocation:
+      description: Bytes used.
+      type: int
+      returned: when active
+    available:
+      description: Bytes free.
+      type: int
+      returned: when active
+    volumes:
+      description: Number of volumes in the pool.
+      type: int
+      returned: when active
 actions:
   description: The steps taken (or that would be taken in check mode).
   returned: always
@@ -95,6 +118,7 @@ actions:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.virtfleet.compute.plugins.module_utils._module import CONNECTION_ARGS, run_module
 from ansible_collections.virtfleet.compute.plugins.module_utils._pool import converge_pool
 

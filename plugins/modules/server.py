@@ -25,7 +25,7 @@ description:
     unless O(allow_rebuild=true), which replaces the root disk.
   - Deleting a server deletes its root disk, config drive, swap and ephemeral disks; never the base image.
 author:
-  - virtfleet.compute developers
+  - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
   - virtfleet.compute.connection
   - virtfleet.compute.connection.wait
@@ -151,8 +151,8 @@ options:
     type: int
     default: 120
 notes:
-  - Swap and ephemeral disks are formatted and enabled by cloud-init in the guest at first boot (vendor data):
-    nothing but libvirt runs on the host.
+  - Swap and ephemeral disks are formatted and enabled by cloud-init in the guest at first boot, through vendor
+    data, because nothing but libvirt runs on the host.
   - On hosts without usable KVM (nested clouds, CI runners) servers run under software emulation, much slower.
 seealso:
   - module: virtfleet.compute.server_info
@@ -213,30 +213,69 @@ server:
   returned: always
   type: dict
   contains:
-    name: {description: Server name., type: str, sample: web-1}
-    uuid: {description: libvirt domain UUID (null for a server check mode would create)., type: str}
-    state: {description: Power state (running, stopped, paused, suspended)., type: str, sample: running}
-    virt_type: {description: Domain type., type: str, sample: qemu}
-    flavor: {description: The flavor snapshot, with vCPUs and RAM as defined., type: dict}
-    image: {description: Base image name., type: str, sample: debian-12}
-    image_pool: {description: Pool of the base image., type: str}
-    hostname: {description: Guest host name., type: str}
-    networks: {description: NICs with network or bridge, mac, model and ips., type: list, elements: dict}
-    ips: {description: IP addresses of all NICs (when running and known)., type: list, elements: str,
-          sample: [192.168.122.50]}
-    metadata: {description: User metadata., type: dict}
-    tags: {description: Tags., type: list, elements: str}
-    created: {description: Creation time (UTC, ISO 8601)., type: str}
-    volumes: {description: Volumes created for the server, by role (root, config, swap, ephemeral)., type: dict}
-    hypervisor: {description: Host name of the hypervisor., type: str}
+    name:
+      description: Server name.
+      type: str
+      sample: web-1
+    uuid:
+      description: libvirt domain UUID (null for a server that check mode would create).
+      type: str
+    state:
+      description: Power state, one of running, stopped, paused or suspended.
+      type: str
+      sample: running
+    virt_type:
+      description: Domain type.
+      type: str
+      sample: qemu
+    flavor:
+      description: The flavor snapshot, with vCPUs and RAM as the domain defines them.
+      type: dict
+    image:
+      description: Base image name.
+      type: str
+      sample: debian-12
+    image_pool:
+      description: Storage pool of the base image.
+      type: str
+    hostname:
+      description: Guest host name.
+      type: str
+    networks:
+      description: NICs, each with its network or bridge, mac, model and ips.
+      type: list
+      elements: dict
+    ips:
+      description: IP addresses of all NICs (when running and known).
+      type: list
+      elements: str
+      sample: [192.168.122.50]
+    metadata:
+      description: User metadata.
+      type: dict
+    tags:
+      description: Tags.
+      type: list
+      elements: str
+    created:
+      description: Creation time, UTC, ISO 8601.
+      type: str
+    volumes:
+      description: Volumes created for the server by role (root, config, swap, ephemeral), as pool/name.
+      type: dict
+    hypervisor:
+      description: Host name of the hypervisor.
+      type: str
 actions:
   description: The steps taken (or, in check mode, that would be taken), in order.
   returned: always
   type: list
   elements: str
-  sample: ["create root disk web-1-root-1a2b3c4d.qcow2 (10 GiB qcow2 overlay on virtfleet-images/debian-12)",
-           "write config drive web-1-config-1a2b3c4d.iso", "define domain web-1 (qemu, 1 vCPU, 1024 MiB)",
-           "start web-1"]
+  sample:
+    - create root disk (10 GiB qcow2 overlay on virtfleet-images/debian-12)
+    - write config drive
+    - define domain web-1 (qemu, 1 vCPU, 1024 MiB)
+    - start web-1
 waited:
   description: Seconds spent waiting for the server to run and get its addresses.
   returned: when the module waited
@@ -244,6 +283,7 @@ waited:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.virtfleet.compute.plugins.module_utils._module import CONNECTION_ARGS, WAIT_ARGS, run_module
 from ansible_collections.virtfleet.compute.plugins.module_utils._server import converge_server
 

@@ -17,7 +17,7 @@ description:
   - Domains this collection did not create are not listed.
   - Never fails because a named server does not exist; it is just not in the list.
 author:
-  - virtfleet.compute developers
+  - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
   - virtfleet.compute.connection
 attributes:
@@ -26,6 +26,7 @@ attributes:
     description: Reads only; runs in check mode too.
   diff_mode:
     support: none
+    description: Reads only; there is nothing to diff.
   idempotent:
     support: full
     description: Never changes anything.
@@ -80,6 +81,7 @@ servers:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.virtfleet.compute.plugins.module_utils._module import CONNECTION_ARGS, run_module
 from ansible_collections.virtfleet.compute.plugins.module_utils._server import list_servers
 

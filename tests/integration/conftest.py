@@ -138,7 +138,7 @@ def ssh(ip, key, command, user="debian", timeout=120):
         proc = subprocess.run(
             ["ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
              "-o", "ConnectTimeout=5", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "%s@%s" % (user, ip), command],
-            capture_output=True, text=True, timeout=60)
+            capture_output=True, text=True, timeout=60, check=False)
         if proc.returncode == 0:
             return proc.stdout
         last = proc.stderr
@@ -185,8 +185,8 @@ def run_playbook(path, check=False, diff=False, inventory=None, extra_args=(), e
         cmd.append("--diff")
     cmd.extend(extra_args)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(dict(
-        env or {}, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default", ANSIBLE_CALLBACKS_ENABLED="")),
-        timeout=3600)
+        env or {}, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")),
+        timeout=3600, check=False)
     return PlaybookRun(proc, _recap(proc.stdout))
 
 
@@ -198,7 +198,7 @@ def _recap(stdout):
             in_recap = True
             continue
         if in_recap and ":" in line:
-            host, _, rest = line.partition(":")
+            host, _sep, rest = line.partition(":")
             fields = dict(part.split("=") for part in rest.split() if "=" in part)
             stats[host.strip()] = dict((k, int(v)) for k, v in fields.items())
     return stats

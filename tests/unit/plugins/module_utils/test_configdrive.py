@@ -177,7 +177,7 @@ def test_content_hash_tracks_every_input():
                "network_config": None, "vendor_data": None, "extra_meta": {"a": 2}}
     hashes = {reference}
     for key, value in changes.items():
-        changed = cd.content_hash(**dict(base, **{key: value}))
+        changed = cd.content_hash(**{**base, key: value})
         assert changed not in hashes, key
         hashes.add(changed)
 

@@ -1,0 +1,74 @@
+"""The server module on a real libvirtd: states, changes, refusals, and a real boot with SSH."""
+import pytest
+
+from tests.integration.conftest import INSTANCE_POOL, run_playbook, ssh
+
+TARGETS = "tests/integration/targets/server"
+
+
+def _volumes(client, pools):
+    return sorted(v.name() for v in client.list_volumes(pools[INSTANCE_POOL]))
+
+
+def test_every_state_transition_in_four_steps(uri, halt_image, pools):
+    run = run_playbook(TARGETS + "/states.yml", halt_image=halt_image)
+    assert run.rc == 0, run
+    assert run.stats["localhost"]["failed"] == 0
+
+
+def _converge(client, **params):
+    from ansible_collections.virtfleet.compute.plugins.module_utils._server import converge_server
+
+    params.setdefault("virt_type", "qemu")
+    return converge_server(client, params, check_mode=False, diff_mode=True)
+
+
+@pytest.mark.boot
+def test_boot_cloud_image_ssh_resize_and_delete(client, pools, boot_image, default_network, ssh_key):
+    """A real Debian guest: cloud-init sets the host name and key, swap is on, then a resize and a delete."""
+    key_path, public_key = ssh_key
+    name = "vf-it-boot"
+    before = _volumes(client, pools)
+    flavor = {"vcpus": 1, "ram_mb": 512, "disk_gb": 4, "swap_mb": 128}
+    common = dict(name=name, image=boot_image, networks=[{"network": default_network}],
+                  ssh_authorized_keys=[public_key], wait_timeout=300)
+    try:
+        created = _converge(client, flavor=flavor, **common)
+        server = created["server"]
+        assert server["state"] == "running" and server["ips"], created
+        ip = server["ips"][0]
+        assert ssh(ip, key_path, "hostname").strip() == name
+        assert public_key.split()[1] in ssh(ip, key_path, "cat ~/.ssh/authorized_keys")
+        # cloud-init grew the root filesystem to the flavor's disk, and enabled the swap disk from vendor data.
+        disk_bytes = int(ssh(ip, key_path, "lsblk -bndo SIZE /dev/vda").strip())
+        assert disk_bytes == 4 * 1024 ** 3
+        swaps = ssh(ip, key_path, "cat /proc/swaps")
+        assert "/dev/vd" in swaps, swaps
+
+        # Grow: vCPUs and RAM need a restart, the disk grows too; the guest sees all three.
+        resized = _converge(client, flavor=dict(flavor, vcpus=2, ram_mb=768, disk_gb=6), **common)
+        assert resized["changed"]
+        assert resized["actions"][0].startswith("shut down"), resized["actions"]
+        assert resized["diff"]["before"]["flavor"]["vcpus"] == 1
+        assert resized["diff"]["after"]["flavor"]["vcpus"] == 2
+        ip = resized["server"]["ips"][0]
+        assert ssh(ip, key_path, "nproc").strip() == "2"
+        mem_kib = int(ssh(ip, key_path, "awk '/MemTotal/{print $2}' /proc/meminfo").strip())
+        assert 600 * 1024 < mem_kib <= 768 * 1024
+        assert int(ssh(ip, key_path, "lsblk -bndo SIZE /dev/vda").strip()) == 6 * 1024 ** 3
+
+        # A disk never shrinks: refused, and nothing changes.
+        xml_before = client.domain_xml(client.lookup_domain(name))
+        from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ConflictError
+
+        with pytest.raises(ConflictError) as refused:
+            _converge(client, flavor=dict(flavor, vcpus=2, ram_mb=768, disk_gb=5), **common)
+        assert "never shrinks" in str(refused.value)
+        assert client.domain_xml(client.lookup_domain(name)) == xml_before
+
+        unchanged = _converge(client, flavor=dict(flavor, vcpus=2, ram_mb=768, disk_gb=6), **common)
+        assert not unchanged["changed"], unchanged["actions"]
+    finally:
+        _converge(client, name=name, state="absent")
+    assert client.lookup_domain(name) is None
+    assert _volumes(client, pools) == before
