@@ -154,7 +154,14 @@ class PlaybookRun:
         self.stats = stats
 
     def __repr__(self):
-        return "PlaybookRun(rc=%s)\n%s\n%s" % (self.rc, self.stdout[-6000:], self.stderr[-3000:])
+        return "PlaybookRun(rc=%s)" % self.rc
+
+    def assert_ok(self):
+        """Fail the test with the end of the playbook's output (pytest would truncate an assert message)."""
+        if self.rc != 0 or any(s.get("failed") or s.get("unreachable") for s in self.stats.values()):
+            pytest.fail("playbook failed (rc=%s)\n%s\n%s" % (self.rc, self.stdout[-8000:], self.stderr[-3000:]),
+                        pytrace=False)
+        return self
 
 
 def ansible_env(extra=None):

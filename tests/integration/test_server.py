@@ -11,9 +11,7 @@ def _volumes(client, pools):
 
 
 def test_every_state_transition_in_four_steps(uri, halt_image, pools):
-    run = run_playbook(TARGETS + "/states.yml", halt_image=halt_image)
-    assert run.rc == 0, run
-    assert run.stats["localhost"]["failed"] == 0
+    run_playbook(TARGETS + "/states.yml", halt_image=halt_image).assert_ok()
 
 
 def _converge(client, **params):
@@ -72,3 +70,71 @@ def test_boot_cloud_image_ssh_resize_and_delete(client, pools, boot_image, defau
         _converge(client, name=name, state="absent")
     assert client.lookup_domain(name) is None
     assert _volumes(client, pools) == before
+
+
+def test_failed_start_rolls_back_everything_this_run_created(client, pools, halt_image):
+    """The domain is defined, then cannot start (its bridge does not exist): the run undoes all it made."""
+    from ansible_collections.virtfleet.compute.plugins.module_utils._plan import StepFailed
+
+    before = _volumes(client, pools)
+    with pytest.raises(StepFailed) as failed:
+        _converge(client, name="vf-it-rollback", flavor={"vcpus": 1, "ram_mb": 64, "disk_gb": 1}, image=halt_image,
+                  networks=[{"bridge": "vf-no-such-br"}])
+    assert failed.value.details["failed"] == "start vf-it-rollback"
+    assert "define domain vf-it-rollback" in " ".join(failed.value.details["rolled_back"])
+    assert client.lookup_domain("vf-it-rollback") is None
+    assert _volumes(client, pools) == before
+
+
+def test_unmanaged_domain_is_never_touched(client, pools, halt_image):
+    from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ConflictError
+
+    xml = ("<domain type='qemu'><name>vf-it-foreign</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>"
+           "<os><type arch='x86_64'>hvm</type></os></domain>")
+    dom = client.define_domain(xml)
+    try:
+        before = client.domain_xml(dom)
+        for state in ("running", "stopped", "absent"):
+            with pytest.raises(ConflictError) as refused:
+                _converge(client, name="vf-it-foreign", state=state, flavor={"vcpus": 1, "ram_mb": 64, "disk_gb": 1},
+                          image=halt_image)
+            assert "not created by virtfleet.compute" in str(refused.value)
+        assert client.domain_xml(dom) == before
+        assert client.domain_state(dom) == "shutoff"
+    finally:
+        client.undefine_domain(dom)
+
+
+@pytest.mark.parametrize("params, field", [
+    (dict(name="bad_name!"), "name"),
+    (dict(flavor={"vcpus": 1, "ram_mb": 64, "disk_gb": 1, "gpus": 1}), "flavor"),
+    (dict(image="vf-no-such-image"), "image"),
+    (dict(networks=[{"network": "vf-no-such-net"}]), "networks[0].network"),
+    (dict(flavor={"vcpus": 1, "ram_mb": 64, "disk_gb": 0}, image="debian-12-missing"), "image"),
+    (dict(networks=[{"network": "default", "mac": "53:54:00:00:00:01"}]), "networks[0].mac"),
+])
+def test_bad_input_names_the_field_and_creates_nothing(client, pools, halt_image, params, field):
+    from ansible_collections.virtfleet.compute.plugins.module_utils._errors import VirtfleetError
+
+    args = dict(name="vf-it-bad", flavor={"vcpus": 1, "ram_mb": 64, "disk_gb": 1}, image=halt_image)
+    args.update(params)
+    before = _volumes(client, pools)
+    with pytest.raises(VirtfleetError) as failed:
+        _converge(client, **args)
+    assert failed.value.field == field, str(failed.value)
+    assert client.lookup_domain(args["name"]) is None if args["name"] == "vf-it-bad" else True
+    assert _volumes(client, pools) == before
+
+
+def test_disk_smaller_than_the_image_is_refused(client, pools, boot_image):
+    from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ValidationError
+
+    before = _volumes(client, pools)
+    with pytest.raises(ValidationError) as refused:
+        _converge(client, name="vf-it-small", flavor={"vcpus": 1, "ram_mb": 64, "disk_gb": 1}, image=boot_image)
+    assert refused.value.field == "flavor.disk_gb"
+    assert _volumes(client, pools) == before
+
+
+def test_pool_module_four_steps(uri):
+    run_playbook("tests/integration/targets/pool/main.yml").assert_ok()
