@@ -27,3 +27,14 @@ COLLECTIONS_PATH = _collection_root()
 if COLLECTIONS_PATH not in sys.path:
     sys.path.insert(0, COLLECTIONS_PATH)
 os.environ.setdefault("ANSIBLE_COLLECTIONS_PATH", COLLECTIONS_PATH)
+
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    # In CI the property tests draw the same examples every run, so a result is reproducible and a failure is
+    # never a matter of luck; locally they keep exploring new examples each run.
+    _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+    if os.environ.get("CI"):
+        _hypothesis_settings.load_profile("ci")
+except ImportError:  # hypothesis is only needed by the unit tests that use it
+    pass

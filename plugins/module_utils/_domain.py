@@ -405,6 +405,26 @@ def _render_nics(devices, nics):
         ET.SubElement(iface, "model", {"type": nic.model})
         devices.insert(anchor, iface)
         anchor += 1
+    _order_nics(devices, [nic.mac for nic in nics])
+
+
+def _order_nics(devices, macs):
+    """Put the managed interfaces in declared order: the guest names them eth0, eth1... by PCI slot order."""
+    managed = [i for i in devices.findall("interface")
+               if i.get("type") in ("network", "bridge") and i.find("mac") is not None]
+    current = [(i.find("mac").get("address") or "").lower() for i in managed]
+    if current == macs or sorted(current) != sorted(macs):
+        return
+    position = list(devices).index(managed[0])
+    by_mac = dict(zip(current, managed))
+    for iface in managed:
+        devices.remove(iface)
+    for offset, mac in enumerate(macs):
+        iface = by_mac[mac]
+        # Without its old PCI address libvirt gives each interface a slot in the new order.
+        for address in iface.findall("address"):
+            iface.remove(address)
+        devices.insert(position + offset, iface)
 
 
 def _first_index(parent, tags):

@@ -49,6 +49,8 @@ DEFAULT_INSTANCE_POOL = "virtfleet-instances"
 SAFE_BASE_FORMATS = ("raw", "qcow2")
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
+# Characters an XML 1.0 document cannot hold: they would only be refused by libvirt after volumes exist.
+_XML_ILLEGAL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 # libvirt power states as users read them in a server's ``state``.
 _POWER = {
@@ -142,7 +144,8 @@ class ServerRequest:
         image = record.image or {}
         if self.image:
             image = {"pool": self.image_pool, "name": self.image}
-        hostname = self.hostname or (record.hostname if not self.cloud_init_given else None) or self.name
+        # The host name is in the server's record, so it is kept even when other cloud-init options are declared.
+        hostname = self.hostname or record.hostname or self.name
         return Definition(
             flavor=self.flavor or _current_flavor(domain),
             image=image,
@@ -292,6 +295,12 @@ class ServerPlanner:
         dom = actual.dom
         client = self.client
         name = actual.domain.name
+        for ref in actual.record.volumes.values():
+            # Checked before any step, so a refusal leaves the server whole (and check mode predicts it).
+            if not _owned_by(ref, name):
+                raise ConflictError("refusing to delete %s: its record lists volume %s/%s, which is not named after "
+                                    "it; the record was edited by hand. Fix the record or delete the server yourself"
+                                    % (name, ref["pool"], ref["name"]), field="name")
         if actual.power in ("running", "paused"):
             plan.add("power off %s" % name, lambda: client.destroy_domain(dom))
         plan.add("undefine domain %s" % name, lambda: client.undefine_domain(dom))
@@ -329,9 +338,18 @@ class ServerPlanner:
                  % (_size_text(root_bytes), image["pool"], image["name"]),
                  lambda: client.create_volume(instance_pool, _overlay_xml(volumes["root"]["name"], root_bytes, image)),
                  undo=_delete_volume_step(client, volumes["root"], req.name))
-        plan.add("write config drive",
-                 lambda: self._write_config_drive(instance_pool, volumes["config"]["name"], drive_inputs),
-                 undo=_delete_volume_step(client, volumes["config"], req.name))
+        delete_drive = _delete_volume_step(client, volumes["config"], req.name)
+
+        def write_drive():
+            try:
+                self._write_config_drive(instance_pool, volumes["config"]["name"], drive_inputs)
+            except Exception:
+                # The step creates the volume and then uploads: if the upload fails, the step never counts as
+                # done and its undo would not run, so it cleans up its own half.
+                delete_drive()
+                raise
+
+        plan.add("write config drive", write_drive, undo=delete_drive)
         if "ephemeral" in volumes:
             plan.add("create ephemeral disk (%d GiB)" % flavor.ephemeral_gb,
                      _create_blank_step(client, instance_pool, volumes["ephemeral"]["name"], flavor.ephemeral_gb * GIB),
@@ -382,8 +400,10 @@ class ServerPlanner:
         new_record = self._record(definition, virt_type, drive_hash, dict(record.volumes), created=record.created,
                                   extra=record.extra, spec_hash_value=new_hash)
 
-        offline_steps = []  # need the guest powered off
-        online_steps = []  # fine while it runs
+        if req.nics is not None:
+            self._check_networks(definition.nics)
+        offline_steps = []  # (label, run, undo) that need the guest powered off
+        online_steps = []  # (label, run, undo) fine while it runs
         restart = (virt_type != domain.virt_type or flavor.vcpus != domain.vcpus or flavor.ram_mb != domain.ram_mb
                    or [n.to_dict() for n in definition.nics] != [n.to_dict() for n in domain.managed_nics()])
 
@@ -404,7 +424,7 @@ class ServerPlanner:
                 name = record.volumes["root"]["name"]
                 offline_steps.append((
                     "rebuild root disk %s from %s/%s (its content is replaced)" % (name, image["pool"], image["name"]),
-                    _rebuild_root_step(client, pool, name, self._root_bytes(flavor, image), image)))
+                    _rebuild_root_step(client, pool, name, self._root_bytes(flavor, image), image), None))
             else:
                 self._plan_disk_growth(online_steps, pool, actual, record.volumes["root"], "root",
                                        flavor.disk_gb * GIB if flavor.disk_gb else 0, "flavor.disk_gb")
@@ -414,7 +434,8 @@ class ServerPlanner:
                     name = volume_name(req.name, domain.uuid, role)
                     new_record.volumes[role] = {"pool": pool.name(), "name": name}
                     offline_steps.append(("create %s disk %s" % (role, name),
-                                          _create_blank_step(client, pool, name, size)))
+                                          _create_blank_step(client, pool, name, size),
+                                          _delete_volume_step(client, new_record.volumes[role], req.name)))
                 elif ref is not None and not size:
                     raise ConflictError(
                         "removing the %s disk would destroy its data; keep %s in the flavor or rebuild the server"
@@ -425,7 +446,7 @@ class ServerPlanner:
             if drive_hash != record.config_drive_hash:
                 ref = record.volumes["config"]
                 online_steps.append(("rewrite config drive %s" % ref["name"],
-                                     lambda: self._write_config_drive(pool, ref["name"], drive_inputs)))
+                                     lambda: self._write_config_drive(pool, ref["name"], drive_inputs), None))
                 plan.warnings.append(
                     "the config drive of %s was rewritten: cloud-init reads user data and keys at first boot, so a "
                     "running guest sees them only if it re-runs cloud-init (or after a rebuild)" % req.name)
@@ -444,11 +465,13 @@ class ServerPlanner:
                 "new definition. Resume it (state: running) or stop it (state: stopped) first" % req.name)
         if needs_offline and power in ("running", "paused"):
             self._plan_stop(plan, lambda: dom, power, hard=rebuild)
+            # If a later step fails, the server comes back as it was rather than staying off.
+            plan.steps[-1].undo = _restore_power_step(client, dom, power)
             if req.state == "present":
                 target = power  # present keeps the power state it found: come back up after the change
             power = "stopped"
-        for label, func in offline_steps + online_steps:
-            plan.add(label, func)
+        for label, func, undo in offline_steps + online_steps:
+            plan.add(label, func, undo=undo)
         if definition_changed:
             plan.add("update definition of %s" % req.name, lambda: client.define_domain(new_xml))
         self._plan_power(plan, power, target, lambda: dom)
@@ -472,7 +495,7 @@ class ServerPlanner:
             dom = actual.dom
             steps.append(("grow %s disk %s from %s to %s" % (role, ref["name"], _size_text(current),
                                                              _size_text(wanted)),
-                          _grow_step(client, vol, dom, DISK_TARGETS[role], wanted)))
+                          _grow_step(client, vol, dom, DISK_TARGETS[role], wanted), None))
 
     # -- power ------------------------------------------------------------------------------------------------------
 
@@ -538,19 +561,23 @@ class ServerPlanner:
                                 % (image_ref["name"], image_ref["pool"]), field="image")
         out["image"] = _base_image(client, image_ref, vol)
         out["instance_pool"] = instance_pool or client.lookup_pool(req.instance_pool, field="instance_pool")
-        for index, nic in enumerate(definition.nics):
+        self._check_networks(definition.nics)
+        if check_virt_type:
+            out["virt_type"] = resolve_virt_type(client, req.virt_type, self._host_record())
+        return out
+
+    def _check_networks(self, nics):
+        client = self.client
+        for index, nic in enumerate(nics):
             field = "networks[%d]" % index
             if nic.kind == "network":
                 net = client.lookup_network(nic.source)
                 if net is None:
                     raise NotFoundError("libvirt network %s does not exist on %s" % (nic.source, client.uri),
                                         field=field + ".network")
-                if req.state in ("running", "paused") and not client.network_active(net):
+                if self.request.state in ("running", "paused") and not client.network_active(net):
                     raise ValidationError("libvirt network %s is not active; start it (network module) before "
                                           "starting servers on it" % nic.source, field=field + ".network")
-        if check_virt_type:
-            out["virt_type"] = resolve_virt_type(client, req.virt_type, self._host_record())
-        return out
 
     def _host_record(self):
         if self._host_record_cache is None:
@@ -697,7 +724,10 @@ def _string_map(value, field):
             raise ValidationError("key %r must be 1-255 letters, digits or _.:-" % (key,), field=field)
         if isinstance(item, (dict, list)):
             raise ValidationError("value of %s must be a string, number or boolean" % key, field="%s.%s" % (field, key))
-        out[key] = item if isinstance(item, str) else str(item).lower() if isinstance(item, bool) else str(item)
+        text = item if isinstance(item, str) else str(item).lower() if isinstance(item, bool) else str(item)
+        if _XML_ILLEGAL_RE.search(text):
+            raise ValidationError("holds a control character XML cannot store", field="%s.%s" % (field, key))
+        out[key] = text
     return out
 
 
@@ -708,7 +738,8 @@ def _tags(value):
         raise ValidationError("must be a list of strings", field="tags")
     out = []
     for index, tag in enumerate(value):
-        if not isinstance(tag, str) or not tag or len(tag) > 60 or "," in tag or "/" in tag:
+        if (not isinstance(tag, str) or not tag or len(tag) > 60 or "," in tag or "/" in tag
+                or _XML_ILLEGAL_RE.search(tag)):
             raise ValidationError("must be a non-empty string of at most 60 characters without ',' or '/' (as in "
                                   "Nova)", field="tags[%d]" % index)
         if tag not in out:
@@ -807,7 +838,7 @@ def _delete_volume_step(client, ref, server_name):
             return
         # Only volumes named after this server are ever deleted: a record edited by hand cannot point us at
         # someone else's disk.
-        if not ref["name"].startswith(server_name + "-"):
+        if not _owned_by(ref, server_name):
             raise ConflictError("refusing to delete volume %s/%s: it is not named after server %s"
                                 % (ref["pool"], ref["name"], server_name))
         vol = client.lookup_volume(pool, ref["name"])
@@ -816,12 +847,27 @@ def _delete_volume_step(client, ref, server_name):
     return run
 
 
+def _owned_by(ref, server_name):
+    """Only volumes named after a server are ever deleted with it."""
+    return ref["name"].startswith(server_name + "-")
+
+
 def _grow_step(client, vol, dom, target, capacity):
     def run():
         if client.domain_state(dom) in ("running", "paused", "blocked"):
             client.resize_disk_live(dom, target, capacity)
         else:
             client.resize_volume(vol, capacity)
+    return run
+
+
+def _restore_power_step(client, dom, power):
+    """Undo of a stop: bring the server back to the power state it had (running, or paused)."""
+    def run():
+        if client.domain_state(dom) in ("shutoff", "shutdown", "crashed", "nostate"):
+            client.start_domain(dom)
+        if power == "paused" and client.domain_state(dom) != "paused":
+            client.suspend_domain(dom)
     return run
 
 
