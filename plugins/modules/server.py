@@ -104,9 +104,9 @@ options:
     type: str
   user_data:
     description:
-      - The config drive options (O(hostname), O(user_data), O(ssh_authorized_keys), O(network_config)) are declared
+      - The config drive options (O(user_data), O(ssh_authorized_keys), O(network_config), O(hostname)) are declared
         together. If none is given for an existing server its config drive is left alone; if any is given, the
-        omitted ones take their defaults.
+        omitted ones take their defaults, except O(hostname), which the server remembers.
       - cloud-init user data (a C(#cloud-config) document, a shell script, a MIME multipart), passed through as is.
       - cloud-init reads it at first boot only; changing it later rewrites the config drive but does not re-run it.
     type: str
