@@ -68,7 +68,7 @@ sanity: link
 	@pipver=$$(grep -o "pip='[0-9.]*'" $$(python -c 'import ansible_test, os; print(os.path.dirname(ansible_test.__file__))')/_internal/python_requirements.py | tr -dc '0-9.' | tr . _); \
 	mkdir -p ~/.ansible/test/cache && cp scripts/ansible-test-get-pip.py ~/.ansible/test/cache/get_pip_$$pipver.py
 	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)/ansible_collections/virtfleet
-	rsync -a --exclude .git --exclude build --exclude .venv --exclude '.*cache' --exclude '__pycache__' \
+	rsync -a --exclude .git --exclude .ansible --exclude build --exclude .venv --exclude '.*cache' --exclude '__pycache__' \
 		--exclude .hypothesis ./ $(SANITY_DIR)/ansible_collections/virtfleet/compute/
 	@# Priming the test venvs (pip removing itself at the end) now and then fails on an import race: retry it.
 	cd $(SANITY_DIR)/ansible_collections/virtfleet/compute && \

@@ -21,6 +21,7 @@ import json
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ValidationError
+from ansible_collections.virtfleet.compute.plugins.module_utils._extra_specs import apply_extra_specs
 from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import Flavor
 
 NAMESPACE = "http://virtfleet.io/xmlns/compute/1.0"
@@ -253,7 +254,8 @@ class DomainSpec:
     """Everything needed to write a server's domain definition."""
 
     def __init__(self, name, uuid, virt_type, flavor, nics, volumes, record, machine=None, arch="x86_64",
-                 graphics=True):
+                 graphics=True, host_cpus=None):
+        self.host_cpus = host_cpus  # the host's CPU count, needed only for hw:cpu_policy=dedicated pinning
         self.name = name
         self.uuid = uuid
         self.virt_type = virt_type
@@ -294,6 +296,7 @@ def render_domain(spec, base_xml=None):
     devices = _ensure_child(root, "devices")
     _render_disks(devices, spec.volumes)
     _render_nics(devices, spec.nics)
+    apply_extra_specs(root, spec.flavor, host_cpus=spec.host_cpus)
     return ET.tostring(root, encoding="unicode")
 
 

@@ -49,6 +49,10 @@ _STATE_NAMES = {
 # Chunk size for volume uploads and downloads; large enough that the per-call overhead of a remote stream vanishes.
 _STREAM_CHUNK = 1024 * 1024
 
+# qemu-img's PBKDF2 timing quirk on coarse CPU clocks (see build_volume) and how often to try again.
+_LUKS_TIMING_QUIRK = "Unable to get accurate CPU usage"
+_LUKS_ATTEMPTS = 4
+
 
 def _silence_libvirt():
     # libvirt prints every error to stderr by default, including the ones we catch and handle; that noise would
@@ -468,6 +472,317 @@ class LibvirtClient:
             return func(*args)
         except libvirt.libvirtError as exc:
             raise LibvirtOperationError("cannot %s on %s: %s" % (what, self.uri, _message(exc)))
+
+    # -- added for flavors/hosts ------------------------------------------------------------------------------------
+
+    def list_active_domains(self):
+        """The running (and paused) domains: one call, instead of a state query per domain."""
+        return self._call("list running domains", self.conn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+
+    def domain_xml_if_exists(self, dom, inactive=True):
+        """The domain's XML, or None when it was undefined since it was listed (a scan must not fail on that)."""
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        try:
+            return dom.XMLDesc(flags)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise LibvirtOperationError("cannot read the definition of %s on %s: %s"
+                                        % (dom.name(), self.uri, _message(exc)))
+
+    def domain_disk_capacity(self, dom, target):
+        """Virtual size in bytes of the disk ``target`` (vda...) of a domain, running or not; None if unknown.
+
+        virDomainGetBlockInfo reads the image header through libvirt, so it works for file, block and volume disks
+        alike without knowing which pool (if any) holds the image.
+        """
+        try:
+            capacity, _allocation, _physical = dom.blockInfo(target, 0)
+        except libvirt.libvirtError:
+            return None
+        return capacity
+
+    def expanded_cpu_features(self, cpu_xml):
+        """Every feature of a host CPU (its model's and the extra ones), or None if libvirt cannot expand them."""
+        try:
+            xml = self.conn.baselineCPU([cpu_xml], libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES)
+        except libvirt.libvirtError:
+            return None
+        root = ET.fromstring(xml)
+        return sorted(f.get("name") for f in root.findall("feature") if f.get("policy") != "disable")
+
+    def create_volume_unless_exists(self, pool, xml):
+        """Create a volume; None if one of that name exists. libvirt checks and creates under the pool's lock, so of
+        two callers racing for the same name exactly one gets the volume: usable as a lock."""
+        try:
+            return pool.createXML(xml, 0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_STORAGE_VOL_EXIST:
+                return None
+            raise LibvirtOperationError("cannot create a volume in %s on %s: %s" % (pool.name(), self.uri,
+                                                                                     _message(exc)))
+
+    def delete_volume_if_exists(self, vol):
+        """Delete a volume; False if it was already gone."""
+        try:
+            vol.delete(0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return False
+            raise LibvirtOperationError("cannot delete volume %s on %s: %s" % (vol.name(), self.uri, _message(exc)))
+        return True
+
+    # -- added for networks -----------------------------------------------------------------------------------------
+
+    def create_transient_domain(self, xml, paused=False):
+        """Create and start a domain that disappears when it stops (the compute_node role's KVM boot probe)."""
+        flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+        return self._call("create a transient domain", self.conn.createXML, xml, flags)
+
+    def read_console(self, dom, until, timeout):
+        """What the domain writes on its serial console, until ``until(data)`` is true, the console closes (the
+        domain stopped) or ``timeout`` seconds pass; then returns ``(data, timed_out)``.
+
+        At the timeout the domain is powered off: that closes the console, which ends a blocking read without an
+        event loop. Meant for throw-away domains, started paused so no output is missed, resumed here.
+        """
+        import threading
+
+        stream = self.conn.newStream(0)
+        self._call("open the console of %s" % dom.name(), dom.openConsole, None, stream,
+                   libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        expired = threading.Event()
+
+        def expire():
+            expired.set()
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                pass
+
+        timer = threading.Timer(timeout, expire)
+        timer.daemon = True
+        data = b""
+        try:
+            timer.start()
+            if self.domain_state(dom) == "paused":
+                self.resume_domain(dom)
+            while not until(data):
+                try:
+                    chunk = stream.recv(4096)
+                except libvirt.libvirtError:
+                    break  # the domain went away under the console
+                if not chunk or chunk in (-1, -2):
+                    break
+                data += chunk
+        finally:
+            timer.cancel()
+            _abort(stream)
+        return data, expired.is_set()
+
+    # -- added for server actions -----------------------------------------------------------------------------------
+
+    def domain_xml_secure(self, dom, inactive=True):
+        """The definition with its secrets (the VNC password). A redefinition must start from this one: libvirt
+        leaves the password out of the plain XML, and redefining from that would drop it."""
+        flags = libvirt.VIR_DOMAIN_XML_SECURE | (libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0)
+        return self._call("read the definition of %s" % dom.name(), dom.XMLDesc, flags)
+
+    def domain_autostart(self, dom):
+        return bool(self._call("read autostart of %s" % dom.name(), dom.autostart))
+
+    def update_device_live(self, dom, xml):
+        """Change a device of the running domain only (a console password must never reach the definition)."""
+        self._call("update a device of %s" % dom.name(), dom.updateDeviceFlags, xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def restore_domain(self, dom):
+        """Start a domain from its managed save image and let it run, whether it was saved running or paused."""
+        self._call("restore %s" % dom.name(), dom.createWithFlags, 0)
+        if self.domain_state(dom) == "paused":
+            self.resume_domain(dom)
+
+    def host_uuid(self):
+        """The host's UUID from its capabilities: tells two URIs of one daemon from two daemons."""
+        return self.capabilities().findtext("host/uuid")
+
+    def refresh_pool(self, pool):
+        try:
+            pool.refresh(0)
+        except libvirt.libvirtError:
+            pass  # a refresh fails while a volume is being built; the list is still good enough
+
+    def pool_type(self, pool):
+        return ET.fromstring(self._call("read pool %s" % pool.name(), pool.XMLDesc, 0)).get("type")
+
+    def volume_key(self, vol):
+        return vol.key()
+
+    def volume_physical(self, vol):
+        """Bytes the volume's file takes, what a download streams (a qcow2's virtual size is its capacity)."""
+        try:
+            _type, _capacity, physical = vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)
+        except libvirt.libvirtError as exc:
+            raise LibvirtOperationError("cannot read volume %s on %s: %s" % (vol.name(), self.uri, _message(exc)))
+        return physical
+
+    def clone_volume(self, pool, xml, source_vol):
+        """A new volume in ``pool`` from ``source_vol`` of the same host. libvirt copies through qemu-img convert,
+        so a qcow2 overlay becomes a standalone image (its backing chain is read into it)."""
+        return self._call("copy volume %s into pool %s" % (source_vol.name(), pool.name()), pool.createXMLFrom, xml,
+                          source_vol, 0)
+
+    def copy_volume_to(self, source_vol, dest, dest_vol, length, progress=None):
+        """Stream ``length`` bytes of ``source_vol`` (a volume of this host) into ``dest_vol``, a volume of the host
+        ``dest`` (another client): a download stream feeding an upload stream, through the two daemons only."""
+        down = self.conn.newStream(0)
+        up = dest.conn.newStream(0)
+        copied = 0
+        try:
+            self._call("download volume %s" % source_vol.name(), source_vol.download, down, 0, length, 0)
+            dest._call("upload to volume %s" % dest_vol.name(), dest_vol.upload, up, 0, length, 0)
+            while True:
+                data = down.recv(_STREAM_CHUNK)
+                if data == -2:
+                    time.sleep(0.01)
+                    continue
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    sent = up.send(bytes(view))
+                    if sent < 0:
+                        raise LibvirtOperationError("copy of volume %s to %s was interrupted" % (source_vol.name(),
+                                                                                                 dest.uri))
+                    view = view[sent:]
+                copied += len(data)
+                if progress:
+                    progress(copied)
+            down.finish()
+            up.finish()
+        except libvirt.libvirtError as exc:
+            _abort(down)
+            _abort(up)
+            raise LibvirtOperationError("cannot copy volume %s from %s to %s: %s" % (source_vol.name(), self.uri,
+                                                                                     dest.uri, _message(exc)))
+        except BaseException:
+            _abort(down)
+            _abort(up)
+            raise
+        return copied
+
+    def domain_xml_migratable(self, dom):
+        """The running domain's definition as a migration sends it (what a destination XML must start from)."""
+        flags = libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE
+        return self._call("read the definition of %s" % dom.name(), dom.XMLDesc, flags)
+
+    def migrate_domain(self, dom, dest, live, copy_storage=False, persist_xml=None, migration_uri=None,
+                       bandwidth_mib=None, dest_xml=None):
+        """Migrate ``dom`` to the host of client ``dest`` and keep it defined there; blocks until done or aborted.
+
+        libvirt's managed migration: this client drives both daemons, so it works from a controller with two
+        remote URIs. ``copy_storage`` copies the writable disks over NBD while the guest runs
+        (VIR_MIGRATE_NON_SHARED_INC: only the top layer of each disk; the base images and the disks' volumes must
+        already exist on the destination). ``persist_xml`` is what the destination keeps as the definition,
+        ``dest_xml`` what it runs the guest with.
+        """
+        flags = libvirt.VIR_MIGRATE_PERSIST_DEST
+        if live:
+            flags |= libvirt.VIR_MIGRATE_LIVE
+        if copy_storage:
+            flags |= libvirt.VIR_MIGRATE_NON_SHARED_INC
+        params = {}
+        if persist_xml:
+            params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = persist_xml
+        if dest_xml:
+            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = dest_xml
+        if migration_uri:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = migration_uri
+        if bandwidth_mib:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(bandwidth_mib)
+        return self._call("migrate %s to %s" % (dom.name(), dest.uri), dom.migrate3, dest.conn, params, flags)
+
+    def domain_job_stats(self, dom):
+        """The running job's statistics (data processed, remaining, ...); {} when there is none."""
+        try:
+            return dom.jobStats(0) or {}
+        except libvirt.libvirtError:
+            return {}
+
+    def abort_domain_job(self, dom):
+        try:
+            dom.abortJob()
+        except libvirt.libvirtError:
+            pass  # the job ended on its own meanwhile
+
+
+    # -- added for volumes ------------------------------------------------------------------------------------------
+
+    def lookup_secret(self, uuid):
+        """The libvirt secret with this UUID, or None."""
+        try:
+            return self.conn.secretLookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
+                return None
+            raise LibvirtOperationError("cannot look up secret %s on %s: %s" % (uuid, self.uri, _message(exc)))
+
+    def lookup_volume_secret(self, path):
+        """The secret whose usage is the volume at ``path`` (libvirt allows one per path), or None."""
+        try:
+            return self.conn.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_VOLUME, path)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SECRET:
+                return None
+            raise LibvirtOperationError("cannot look up the secret of %s on %s: %s" % (path, self.uri, _message(exc)))
+
+    def secret_uuid(self, secret):
+        return secret.UUIDString()
+
+    def define_secret(self, xml):
+        """Define (or, for a UUID that exists, redefine) a secret; its value is set separately."""
+        return self._call("define a secret", self.conn.secretDefineXML, xml, 0)
+
+    def set_secret_value(self, secret, value):
+        # The value never appears in an error message: libvirt's own messages do not carry it either.
+        self._call("set the value of secret %s" % secret.UUIDString(), secret.setValue, value, 0)
+
+    def undefine_secret(self, secret):
+        self._call("undefine secret %s" % secret.UUIDString(), secret.undefine)
+
+    def build_volume(self, pool, xml, source=None):
+        """Create a volume (empty, or a full copy of ``source`` converted to the new format and encryption).
+
+        QEMU 7.2 sizes a new LUKS header by timing PBKDF2 in thread CPU time; where that clock is coarse (some VMs
+        and sandboxes) the measurement now and then reads 0 ms and qemu-img gives up with "Unable to get accurate
+        CPU usage". Nothing was created then (libvirt removes the partial volume), so trying again is safe.
+        """
+        what = "create a volume in %s" % pool.name()
+        for attempt in range(_LUKS_ATTEMPTS):
+            try:
+                if source is None:
+                    return pool.createXML(xml, 0)
+                return pool.createXMLFrom(xml, source, 0)
+            except libvirt.libvirtError as exc:
+                if _LUKS_TIMING_QUIRK not in _message(exc) or attempt == _LUKS_ATTEMPTS - 1:
+                    raise LibvirtOperationError("cannot %s on %s: %s" % (what, self.uri, _message(exc)))
+                time.sleep(0.2)
+
+    def domain_active(self, dom):
+        return bool(dom.isActive())
+
+    def attach_device(self, dom, xml, live):
+        """Add a device to the persistent definition and, with ``live``, to the running guest (hot-plug)."""
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
+        self._call("attach a device to %s" % dom.name(), dom.attachDeviceFlags, xml, flags)
+
+    def detach_device(self, dom, xml, live):
+        """Remove a device from the persistent definition and, with ``live``, ask the guest to release it.
+
+        A live detach of a virtio disk needs the guest's consent (ACPI eject): libvirt waits 5 s for it and then
+        returns with the removal still pending; the caller decides how long to keep waiting.
+        """
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
+        self._call("detach a device from %s" % dom.name(), dom.detachDeviceFlags, xml, flags)
 
 
 def is_libvirt_error(exc):

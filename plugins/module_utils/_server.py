@@ -17,6 +17,7 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtfleet.compute.plugins.module_utils import _configdrive
+from ansible_collections.virtfleet.compute.plugins.module_utils._claims import Claim, grows
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
     DISK_TARGETS,
     GIB,
@@ -37,6 +38,11 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     ValidationError,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import Flavor
+from ansible_collections.virtfleet.compute.plugins.module_utils._flavor_catalog import (
+    read_catalog,
+    resolve_flavor,
+    snapshot_differences,
+)
 from ansible_collections.virtfleet.compute.plugins.module_utils._hypervisor import VIRT_TYPES, resolve_virt_type
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
@@ -272,6 +278,9 @@ class ServerPlanner:
 
     def plan(self):
         req = self.request
+        if isinstance(getattr(req, "flavor", None), str):
+            # A catalog name means what this host's catalog says it means.
+            req.flavor = resolve_flavor(self.client, req.flavor, field="flavor")
         actual = read_server(self.client, req.name)
         plan = Plan()
         plan.actual = actual
@@ -315,6 +324,8 @@ class ServerPlanner:
         client = self.client
         flavor = definition.flavor
         resolved = self._resolve_references(definition)
+        # Checked now, so a server that does not fit fails before anything is made (and check mode says so).
+        claim = Claim(client, req.name, flavor, instance_pool=req.instance_pool)
         image = resolved["image"]
         instance_pool = resolved["instance_pool"]
         root_bytes = self._root_bytes(flavor, image)
@@ -330,7 +341,7 @@ class ServerPlanner:
         drive_hash = _drive_hash(drive_inputs)
         record = self._record(definition, resolved["virt_type"], drive_hash, volumes, created=self.now)
         xml = render_domain(DomainSpec(req.name, server_uuid, resolved["virt_type"], flavor, definition.nics,
-                                       volumes, record))
+                                       volumes, record, host_cpus=_host_cpus(client, flavor)))
 
         # Labels name the disks by role, not by volume name: the volume names carry the new server's UUID, which
         # check mode cannot know, and check mode must list exactly the steps the real run takes.
@@ -370,8 +381,12 @@ class ServerPlanner:
                 client.destroy_domain(dom)
                 client.undefine_domain(dom)
 
+        if claim.needed:
+            plan.add(claim.acquire_label, claim.acquire, undo=claim.release)
         plan.add("define domain %s (%s, %d vCPU, %d MiB)" % (req.name, resolved["virt_type"], flavor.vcpus,
                                                              flavor.ram_mb), define, undo=undefine)
+        if claim.needed:
+            plan.add(claim.verify_label, claim.verify_and_release, undo=claim.release)
         final = "stopped" if req.state == "present" else req.state
         self._plan_power(plan, "stopped", final, lambda: holder["dom"], creating=True)
         plan.after = _predicted_view(definition, record, resolved["virt_type"], final)
@@ -404,7 +419,10 @@ class ServerPlanner:
             self._check_networks(definition.nics)
         offline_steps = []  # (label, run, undo) that need the guest powered off
         online_steps = []  # (label, run, undo) fine while it runs
+        # New extra specs (pinning, hugepages, quotas...) take effect when QEMU starts, as after a resize in Nova.
+        old_specs = record.flavor.extra_specs if record.flavor else {}
         restart = (virt_type != domain.virt_type or flavor.vcpus != domain.vcpus or flavor.ram_mb != domain.ram_mb
+                   or flavor.extra_specs != old_specs
                    or [n.to_dict() for n in definition.nics] != [n.to_dict() for n in domain.managed_nics()])
 
         rebuild = (record.image or {}) != definition.image
@@ -451,7 +469,13 @@ class ServerPlanner:
                     "the config drive of %s was rewritten: cloud-init reads user data and keys at first boot, so a "
                     "running guest sees them only if it re-runs cloud-init (or after a rebuild)" % req.name)
 
-        spec = DomainSpec(req.name, domain.uuid, virt_type, flavor, definition.nics, new_record.volumes, new_record)
+        current_flavor = _current_flavor(domain)
+        claim = None
+        if grows(flavor, current_flavor):  # an unchanged or shrinking server costs no usage scan
+            claim = Claim(client, req.name, flavor, old_flavor=current_flavor,
+                          instance_pool=record.volumes["root"]["pool"])
+        spec = DomainSpec(req.name, domain.uuid, virt_type, flavor, definition.nics, new_record.volumes, new_record,
+                          host_cpus=_host_cpus(client, flavor))
         old_xml = ET.tostring(domain.tree, encoding="unicode")
         new_xml = render_domain(spec, base_xml=old_xml)
         definition_changed = canonical(new_xml) != canonical(old_xml)
@@ -470,10 +494,14 @@ class ServerPlanner:
             if req.state == "present":
                 target = power  # present keeps the power state it found: come back up after the change
             power = "stopped"
+        if claim is not None and claim.needed:
+            plan.add(claim.acquire_label, claim.acquire, undo=claim.release)
         for label, func, undo in offline_steps + online_steps:
             plan.add(label, func, undo=undo)
         if definition_changed:
             plan.add("update definition of %s" % req.name, lambda: client.define_domain(new_xml))
+        if claim is not None and claim.needed:
+            plan.add(claim.verify_label, claim.verify_and_release, undo=claim.release)
         self._plan_power(plan, power, target, lambda: dom)
         plan.after = _predicted_view(definition, new_record, virt_type, target)
 
@@ -705,9 +733,16 @@ def wait_until_ready(client, name, nics, timeout):
     return round(deadline.elapsed(), 1)
 
 
+def _host_cpus(client, flavor):
+    """The host's CPU count when the flavor pins vCPUs (hw:cpu_policy=dedicated); no extra call otherwise."""
+    if flavor.extra_specs.get("hw:cpu_policy") == "dedicated":
+        return client.node_info()[2]
+    return None
+
+
 def _flavor(value):
-    if isinstance(value, Flavor):
-        return value
+    if isinstance(value, (Flavor, str)):
+        return value  # a name is looked up in the host's catalog by ServerPlanner.plan()
     if value is None:
         raise ValidationError("is required (vcpus, ram_mb, disk_gb)", field="flavor")
     return Flavor.from_dict(value, field="flavor")
@@ -912,15 +947,23 @@ def _nics_of(client, name):
 
 
 def list_servers(client, names=None):
-    """Views of the managed servers on the host (all of them, or those in ``names``; missing names are skipped)."""
+    """Views of the managed servers on the host (all of them, or those in ``names``; missing names are skipped).
+
+    Each view has ``flavor_drift``: the fields in which the server's flavor snapshot differs from the catalog's
+    flavor of the same name (a changed flavor never changes running servers by itself).
+    """
     hypervisor = client.hostname()
     if names:
         doms = [d for d in (client.lookup_domain(n) for n in names) if d is not None]
     else:
         doms = client.list_domains()
+    catalog = read_catalog(client)
     servers = []
     for dom in doms:
         actual = ActualServer(client, dom)
         if actual.managed:
-            servers.append(server_view(actual, hypervisor=hypervisor))
+            view = server_view(actual, hypervisor=hypervisor)
+            snapshot = _current_flavor(actual.domain)
+            view["flavor_drift"] = snapshot_differences(snapshot, catalog.get(snapshot.name)) if snapshot.name else []
+            servers.append(view)
     return sorted(servers, key=lambda s: s["name"])

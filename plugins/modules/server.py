@@ -58,11 +58,18 @@ options:
     default: running
   flavor:
     description:
-      - The server's size, as a dict with C(vcpus), C(ram_mb), C(disk_gb) and optionally C(swap_mb),
-        C(ephemeral_gb), C(name), C(description) and C(extra_specs).
+      - The server's size, either the name of a flavor in the host's catalog (see M(virtfleet.compute.flavor)) or a
+        dict with C(vcpus), C(ram_mb), C(disk_gb) and optionally C(swap_mb), C(ephemeral_gb), C(name),
+        C(description) and C(extra_specs).
+      - The server keeps a snapshot of its flavor; a later change of the catalog's flavor does not change the server
+        until its declared flavor does (M(virtfleet.compute.server_info) shows the difference).
+      - Extra specs are rendered into the domain (vCPU pinning, hugepages, watchdog, CPU/disk/NIC quotas); a change
+        of them restarts a running server.
+      - Creating or growing a server claims its resources on the host; it fails before anything is made when the
+        host is disabled or the claim does not fit its capacity after allocation ratios and reservations.
       - C(disk_gb=0) means as large as the image's virtual size, as in Nova.
       - Required to create a server. Omitted, an existing server keeps its flavor.
-    type: dict
+    type: raw
   image:
     description:
       - Name of the base image volume in O(image_pool) (see M(virtfleet.compute.image)).
@@ -292,7 +299,7 @@ def main():
     argument_spec = dict(
         name=dict(type="str", required=True),
         state=dict(type="str", default="running", choices=["running", "stopped", "paused", "present", "absent"]),
-        flavor=dict(type="dict"),
+        flavor=dict(type="raw"),
         image=dict(type="str"),
         image_pool=dict(type="str", default="virtfleet-images"),
         instance_pool=dict(type="str", default="virtfleet-instances"),

@@ -65,7 +65,11 @@ EXAMPLES = r"""
 
 RETURN = r"""
 servers:
-  description: Managed servers, sorted by name. Same fields as the C(server) result of M(virtfleet.compute.server).
+  description:
+    - Managed servers, sorted by name. Same fields as the C(server) result of M(virtfleet.compute.server).
+    - C(flavor_drift) lists the fields (vcpus, ram_mb, disk_gb, swap_mb, ephemeral_gb, extra_specs) in which the
+      server's flavor snapshot differs from the host catalog's flavor of the same name; empty when they agree or the
+      server's flavor was given inline.
   returned: always
   type: list
   elements: dict
@@ -78,6 +82,7 @@ servers:
       ips: [192.168.122.50]
       metadata: {role: web}
       tags: [production]
+      flavor_drift: []
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -23,8 +23,8 @@ _UNMANAGED_DOMAIN = """
   <domain type='test'>
     <name>test</name>
     <uuid>6695eb01-f6a4-8304-79aa-97f2502e193f</uuid>
-    <memory unit='KiB'>8388608</memory>
-    <currentMemory unit='KiB'>2097152</currentMemory>
+    <memory unit='KiB'>524288</memory>
+    <currentMemory unit='KiB'>524288</currentMemory>
     <vcpu placement='static'>2</vcpu>
     <os><type arch='i686'>hvm</type><boot dev='hd'/></os>
     <devices>
@@ -123,6 +123,10 @@ class MemoryClient(LibvirtClient):
         super(MemoryClient, self).delete_volume(vol)
         self.contents.pop(key, None)
         self.capacities.pop(key, None)
+
+    def domain_disk_capacity(self, dom, target):
+        # The test driver reports a 1 TiB disk for any path; a real host would report the file's size.
+        return GIB
 
     def pool_xml(self, pool, inactive=True):
         # The test driver refuses VIR_STORAGE_XML_INACTIVE; its pools have one definition anyway.

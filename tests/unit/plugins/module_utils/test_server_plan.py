@@ -105,9 +105,16 @@ def power_of(client, name="web1"):
     return {"running": "running", "paused": "paused", "shutoff": "stopped"}[client.domain_state(dom)]
 
 
+_CLAIM_VERBS = ("claim", "verify")
+
+
 def verbs(actions):
-    """The first word of each action: what the step does, without the details that name sizes and paths."""
-    return [action.split(" ")[0] for action in actions]
+    """The first word of each action: what the step does, without the details that name sizes and paths.
+
+    The claim steps around a definition (see test_claim_steps_wrap_the_definition) are left out, so the other
+    tests read as the lifecycle they check.
+    """
+    return [action.split(" ")[0] for action in actions if action.split(" ")[0] not in _CLAIM_VERBS]
 
 
 def volume_of(client, role, name="web1"):
@@ -703,3 +710,15 @@ def test_a_failed_update_is_rolled_back_and_can_be_retried(client, base_image, m
     monkeypatch.undo()
     result = converge(client, params(flavor=dict(FLAVOR, swap_mb=128)))
     assert verbs(result["actions"]) == ["shut", "create", "update", "start"]
+
+
+def test_claim_steps_wrap_the_definition_of_a_new_or_growing_server(client, base_image):
+    """Creating or growing claims under the host's lock just before the definition and verifies just after."""
+    created = converge_server(client, params(), diff_mode=True)
+    words = [a.split(" ")[0] for a in created["actions"]]
+    assert words.index("claim") + 1 == words.index("define") and words.index("define") + 1 == words.index("verify")
+    grown = converge_server(client, params(flavor=dict(FLAVOR, vcpus=2)), diff_mode=True)
+    words = [a.split(" ")[0] for a in grown["actions"]]
+    assert words.index("claim") < words.index("update") < words.index("verify")
+    shrunk = converge_server(client, params(flavor=dict(FLAVOR, vcpus=1)), diff_mode=True)
+    assert not any(a.split(" ")[0] in _CLAIM_VERBS for a in shrunk["actions"])
