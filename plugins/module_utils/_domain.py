@@ -112,7 +112,7 @@ class ServerRecord:
     """What we store about a server in its domain's metadata element."""
 
     def __init__(self, created=None, spec_hash=None, flavor=None, image=None, config_drive_hash=None, volumes=None,
-                 metadata=None, tags=None, hostname=None, extra=None):
+                 metadata=None, tags=None, hostname=None, extra=None, fixed_ips=None):
         self.created = created
         self.spec_hash = spec_hash
         self.flavor = flavor  # Flavor
@@ -122,6 +122,9 @@ class ServerRecord:
         self.metadata = dict(metadata or {})
         self.tags = list(tags or [])
         self.hostname = hostname
+        # MAC -> fixed IP reserved for that NIC in its libvirt network's DHCP server (the domain XML has no place
+        # for it).
+        self.fixed_ips = dict(fixed_ips or {})
         # Further string facts later features add (server group, availability zone, ...), kept as they are.
         self.extra = dict(extra or {})
 
@@ -155,6 +158,8 @@ class ServerRecord:
             ET.SubElement(root, _q("meta"), {"key": key}).text = self.metadata[key]
         for tag in self.tags:
             ET.SubElement(root, _q("tag")).text = tag
+        for mac in sorted(self.fixed_ips):
+            ET.SubElement(root, _q("fixed-ip"), {"mac": mac, "ip": self.fixed_ips[mac]})
         for key in sorted(self.extra):
             ET.SubElement(root, _q("fact"), {"key": key}).text = self.extra[key]
         return root
@@ -186,6 +191,7 @@ class ServerRecord:
             record.volumes[role] = attrs
         record.metadata = dict((m.get("key"), m.text or "") for m in elem.findall(_q("meta")))
         record.tags = [t.text or "" for t in elem.findall(_q("tag"))]
+        record.fixed_ips = dict((f.get("mac"), f.get("ip")) for f in elem.findall(_q("fixed-ip")))
         record.extra = dict((f.get("key"), f.text or "") for f in elem.findall(_q("fact")))
         return record
 
@@ -246,7 +252,8 @@ class Domain:
 
     def managed_nics(self):
         """NICs as Nic values (interfaces of other types, e.g. direct/macvtap added by hand, are left out)."""
-        return [Nic(n["kind"], n["source"], n["mac"], n["model"] or "virtio")
+        fixed = self.record.fixed_ips if self.record else {}
+        return [Nic(n["kind"], n["source"], n["mac"], n["model"] or "virtio", fixed.get(n["mac"]))
                 for n in self.nics if n["kind"] in ("network", "bridge")]
 
 

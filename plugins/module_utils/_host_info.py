@@ -177,6 +177,7 @@ def host_info(client, name=None, instance_pool=INSTANCE_POOL, details=True):
         "aggregates": record["aggregates"],
         "traits": list(record["traits"]),
         "virt_type": record.get("virt_type"),
+        "virt_type_reasons": list(record.get("virt_type_reasons") or []),
         "record_stored": stored,
         "vcpus": int(node[2]),
         "vcpus_used": used["vcpus"],

@@ -37,12 +37,13 @@ DEFAULTS = {
     "aggregates": {},
     "traits": [],
     "virt_type": None,
+    "virt_type_reasons": [],
 }
 for _name in RATIO_FIELDS + RESERVED_FIELDS:
     DEFAULTS[_name] = _CAPACITY_DEFAULTS[_name]
 # The fields the host module declares, in the order people read them.
 FIELDS = ("enabled", "disabled_reason") + RATIO_FIELDS + RESERVED_FIELDS + (
-    "availability_zone", "aggregates", "traits", "virt_type")
+    "availability_zone", "aggregates", "traits", "virt_type", "virt_type_reasons")
 
 # Nova's trait names (os-traits): upper case letters, digits and underscores; operators' own start with CUSTOM_.
 _TRAIT_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,254}$")
@@ -60,6 +61,7 @@ def effective(stored):
     record = dict(DEFAULTS)
     record["aggregates"] = {}
     record["traits"] = []
+    record["virt_type_reasons"] = []
     for key, value in (stored or {}).items():
         if value is not None or key not in DEFAULTS:
             record[key] = value
@@ -95,6 +97,10 @@ def validate_changes(params, field_prefix=""):
                 value = None  # forget the verdict: the server module guesses again
             elif value not in VIRT_TYPES:
                 raise ValidationError("must be kvm, qemu or auto; got %r" % (value,), field=field)
+        elif name == "virt_type_reasons":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValidationError("must be a list of strings", field=field)
+            value = [_string(v, "%s[%d]" % (field, i)) for i, v in enumerate(value)]
         out[name] = value
     return out
 

@@ -601,10 +601,6 @@ class LibvirtClient:
         if self.domain_state(dom) == "paused":
             self.resume_domain(dom)
 
-    def host_uuid(self):
-        """The host's UUID from its capabilities: tells two URIs of one daemon from two daemons."""
-        return self.capabilities().findtext("host/uuid")
-
     def refresh_pool(self, pool):
         try:
             pool.refresh(0)

@@ -37,6 +37,11 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     NotFoundError,
     ValidationError,
 )
+from ansible_collections.virtfleet.compute.plugins.module_utils._fixed_ip import (
+    plan_release,
+    plan_reservation,
+    validate_fixed_ip,
+)
 from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import Flavor
 from ansible_collections.virtfleet.compute.plugins.module_utils._flavor_catalog import (
     read_catalog,
@@ -313,6 +318,11 @@ class ServerPlanner:
         if actual.power in ("running", "paused"):
             plan.add("power off %s" % name, lambda: client.destroy_domain(dom))
         plan.add("undefine domain %s" % name, lambda: client.undefine_domain(dom))
+        for nic in actual.domain.managed_nics():
+            if nic.kind == "network" and nic.fixed_ip:
+                step = plan_release(client, nic.source, nic.mac)
+                if step is not None:
+                    plan.add(*step)
         for role, ref in sorted(actual.record.volumes.items()):
             plan.add("delete %s volume %s/%s" % (role, ref["pool"], ref["name"]),
                      _delete_volume_step(client, ref, name))
@@ -381,6 +391,11 @@ class ServerPlanner:
                 client.destroy_domain(dom)
                 client.undefine_domain(dom)
 
+        for nic in definition.nics:
+            if nic.fixed_ip:
+                step = plan_reservation(client, nic.source, nic.mac, nic.fixed_ip, hostname=definition.hostname)
+                if step is not None:
+                    plan.add(*step)
         if claim.needed:
             plan.add(claim.acquire_label, claim.acquire, undo=claim.release)
         plan.add("define domain %s (%s, %d vCPU, %d MiB)" % (req.name, resolved["virt_type"], flavor.vcpus,
@@ -416,14 +431,15 @@ class ServerPlanner:
                                   extra=record.extra, spec_hash_value=new_hash)
 
         if req.nics is not None:
-            self._check_networks(definition.nics)
+            self._check_networks(definition.nics, hostname=definition.hostname)
+        reservation_steps, release_steps = self._plan_fixed_ip_changes(definition, domain)
         offline_steps = []  # (label, run, undo) that need the guest powered off
         online_steps = []  # (label, run, undo) fine while it runs
         # New extra specs (pinning, hugepages, quotas...) take effect when QEMU starts, as after a resize in Nova.
         old_specs = record.flavor.extra_specs if record.flavor else {}
         restart = (virt_type != domain.virt_type or flavor.vcpus != domain.vcpus or flavor.ram_mb != domain.ram_mb
                    or flavor.extra_specs != old_specs
-                   or [n.to_dict() for n in definition.nics] != [n.to_dict() for n in domain.managed_nics()])
+                   or _wiring(definition.nics) != _wiring(domain.managed_nics()))
 
         rebuild = (record.image or {}) != definition.image
         if rebuild and not req.allow_rebuild:
@@ -496,10 +512,12 @@ class ServerPlanner:
             power = "stopped"
         if claim is not None and claim.needed:
             plan.add(claim.acquire_label, claim.acquire, undo=claim.release)
-        for label, func, undo in offline_steps + online_steps:
+        for label, func, undo in reservation_steps + offline_steps + online_steps:
             plan.add(label, func, undo=undo)
         if definition_changed:
             plan.add("update definition of %s" % req.name, lambda: client.define_domain(new_xml))
+        for step in release_steps:
+            plan.add(*step)
         if claim is not None and claim.needed:
             plan.add(claim.verify_label, claim.verify_and_release, undo=claim.release)
         self._plan_power(plan, power, target, lambda: dom)
@@ -574,6 +592,7 @@ class ServerPlanner:
             tags=definition.tags,
             hostname=definition.hostname,
             extra=extra,
+            fixed_ips=dict((nic.mac, nic.fixed_ip) for nic in definition.nics if nic.fixed_ip),
         )
 
     def _resolve_references(self, definition, instance_pool=None, check_virt_type=True):
@@ -589,12 +608,12 @@ class ServerPlanner:
                                 % (image_ref["name"], image_ref["pool"]), field="image")
         out["image"] = _base_image(client, image_ref, vol)
         out["instance_pool"] = instance_pool or client.lookup_pool(req.instance_pool, field="instance_pool")
-        self._check_networks(definition.nics)
+        self._check_networks(definition.nics, hostname=definition.hostname)
         if check_virt_type:
             out["virt_type"] = resolve_virt_type(client, req.virt_type, self._host_record())
         return out
 
-    def _check_networks(self, nics):
+    def _check_networks(self, nics, hostname=None):
         client = self.client
         for index, nic in enumerate(nics):
             field = "networks[%d]" % index
@@ -606,6 +625,30 @@ class ServerPlanner:
                 if self.request.state in ("running", "paused") and not client.network_active(net):
                     raise ValidationError("libvirt network %s is not active; start it (network module) before "
                                           "starting servers on it" % nic.source, field=field + ".network")
+            if nic.fixed_ip:
+                if nic.kind != "network":
+                    raise ValidationError("a fixed IP is reserved in a libvirt network's DHCP server; a NIC on a "
+                                          "bridge gets its address from the bridge's LAN", field=field + ".fixed_ip")
+                nic.fixed_ip = validate_fixed_ip(client, nic.source, nic.fixed_ip, nic.mac, field + ".fixed_ip",
+                                                 hostname=hostname)
+
+    def _plan_fixed_ip_changes(self, definition, domain):
+        """Reservations to add or change, and those to release after the new definition (NICs that went away)."""
+        client = self.client
+        reserve = []
+        for nic in definition.nics:
+            if nic.fixed_ip:
+                step = plan_reservation(client, nic.source, nic.mac, nic.fixed_ip, hostname=definition.hostname)
+                if step is not None:
+                    reserve.append(step)
+        wanted = set((n.source, n.mac) for n in definition.nics if n.fixed_ip)
+        release = []
+        for nic in domain.managed_nics():
+            if nic.kind == "network" and nic.fixed_ip and (nic.source, nic.mac) not in wanted:
+                step = plan_release(client, nic.source, nic.mac)
+                if step is not None:
+                    release.append(step)
+        return reserve, release
 
     def _host_record(self):
         if self._host_record_cache is None:
@@ -669,6 +712,11 @@ def _predicted_view(definition, record, virt_type, power):
         "tags": record.tags,
         "config_drive": (record.config_drive_hash or "")[:12] or None,
     }
+
+
+def _wiring(nics):
+    """What of the NICs is in the domain definition: a fixed IP lives in the network's DHCP server instead."""
+    return [(n.kind, n.source, n.mac, n.model) for n in nics]
 
 
 def _drive_hash(inputs):

@@ -84,6 +84,12 @@ options:
         after it has booted a test guest.
     type: str
     choices: [auto, kvm, qemu]
+  virt_type_reasons:
+    description:
+      - Why the host got its O(virt_type) verdict (the checks the C(compute_node) role ran), kept with it so
+        M(virtfleet.compute.host_info) can say why a host runs servers under software emulation.
+    type: list
+    elements: str
 seealso:
   - module: virtfleet.compute.host_info
   - module: virtfleet.compute.flavor
@@ -130,6 +136,7 @@ host:
     aggregates: {description: Aggregate name to metadata., type: dict, sample: {"ssd-hosts": {"ssd": "true"}}}
     traits: {description: Custom traits., type: list, elements: str, sample: [CUSTOM_SSD]}
     virt_type: {description: The recorded KVM verdict (kvm, qemu or null)., type: str}
+    virt_type_reasons: {description: Why the host got that verdict., type: list, elements: str}
 actions:
   description: The change made (or, in check mode, that would be made).
   returned: always
@@ -158,6 +165,7 @@ def main():
         aggregates=dict(type="dict"),
         traits=dict(type="list", elements="str"),
         virt_type=dict(type="str", choices=["auto", "kvm", "qemu"]),
+        virt_type_reasons=dict(type="list", elements="str"),
     )
     argument_spec.update(CONNECTION_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

@@ -106,6 +106,13 @@ options:
         type: str
         choices: [virtio, e1000, e1000e, rtl8139]
         default: virtio
+      fixed_ip:
+        description:
+          - An IPv4 address reserved for this NIC in the libvirt network's DHCP server (a C(network) NIC only), so
+            the guest always gets it.
+          - Checked before anything changes; it must be inside the network's subnet, not its network, broadcast or
+            gateway address, and not reserved or leased to another MAC. Deleting the server releases it.
+        type: str
   hostname:
     description: Host name given to the guest by cloud-init; defaults to O(name).
     type: str
@@ -308,6 +315,7 @@ def main():
             bridge=dict(type="str"),
             mac=dict(type="str"),
             model=dict(type="str", default="virtio", choices=["virtio", "e1000", "e1000e", "rtl8139"]),
+            fixed_ip=dict(type="str"),
         ), mutually_exclusive=[("network", "bridge")], required_one_of=[("network", "bridge")]),
         hostname=dict(type="str"),
         user_data=dict(type="str"),
