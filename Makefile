@@ -18,7 +18,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(BIN):$(PATH)
 export VIRTFLEET_IMAGE := $(IMAGE)
 
-.PHONY: demo test deps system-deps venv link libvirtd image lint sanity units integration bench lab clean
+.PHONY: demo test deps system-deps venv link libvirtd image lint sanity units integration bench lab lab-down clean
 
 demo: deps libvirtd image
 	ansible-playbook playbooks/site.yml
@@ -85,6 +85,18 @@ integration: link libvirtd
 bench: link libvirtd
 	python bench/bench_scheduler.py
 	python bench/bench_host_info.py
+	python bench/bench_inventory.py
+
+# The multi-host lab: LAB_HOSTS libvirt "compute hosts" on this machine (tests/lab/lab.py), used by inventory/lab.
+#   make lab; ansible-playbook -i inventory/lab playbooks/site.yml; make lab-down
+LAB_DIR ?= /var/tmp/virtfleet-lab/lab
+LAB_HOSTS ?= 3
+
+lab: deps libvirtd
+	python tests/lab/lab.py up --dir $(LAB_DIR) --hosts $(LAB_HOSTS)
+
+lab-down: venv
+	python tests/lab/lab.py down --dir $(LAB_DIR)
 
 clean:
 	rm -rf build .pytest_cache .hypothesis
