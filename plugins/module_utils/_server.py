@@ -54,6 +54,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._records import 
 from ansible_collections.virtfleet.compute.plugins.module_utils._wait import Deadline, wait_for
 
 STATES = ("running", "stopped", "paused", "present", "absent")
+SERVER_GROUP_POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
 NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139")
 DEFAULT_IMAGE_POOL = "virtfleet-images"
 DEFAULT_INSTANCE_POOL = "virtfleet-instances"
@@ -83,6 +84,36 @@ _VENDOR_SWAP = (
 _VENDOR_EPHEMERAL = (
     "  - [sh, -c, 'd=/dev/disk/by-id/virtio-ephemeral0; [ -e $d ] && { blkid $d || mkfs.ext4 -q -L ephemeral0 $d; "
     "mkdir -p /mnt/ephemeral; mount $d /mnt/ephemeral || true; }']\n"
+)
+
+
+# The server module's options (without the connection and wait options), declared once: the servers batch module
+# takes the same options per item.
+SERVER_ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    state=dict(type="str", default="running", choices=["running", "stopped", "paused", "present", "absent"]),
+    flavor=dict(type="raw"),
+    image=dict(type="str"),
+    image_pool=dict(type="str", default="virtfleet-images"),
+    instance_pool=dict(type="str", default="virtfleet-instances"),
+    networks=dict(type="list", elements="dict", options=dict(
+        network=dict(type="str"),
+        bridge=dict(type="str"),
+        mac=dict(type="str"),
+        model=dict(type="str", default="virtio", choices=["virtio", "e1000", "e1000e", "rtl8139"]),
+        fixed_ip=dict(type="str"),
+    ), mutually_exclusive=[("network", "bridge")], required_one_of=[("network", "bridge")]),
+    hostname=dict(type="str"),
+    user_data=dict(type="str"),
+    ssh_authorized_keys=dict(type="list", elements="str", no_log=False),
+    network_config=dict(type="dict"),
+    metadata=dict(type="dict"),
+    tags=dict(type="list", elements="str"),
+    server_group=dict(type="raw"),
+    availability_zone=dict(type="str"),
+    virt_type=dict(type="str", default="auto", choices=["auto", "kvm", "qemu"]),
+    allow_rebuild=dict(type="bool", default=False),
+    shutdown_timeout=dict(type="int", default=120),
 )
 
 
@@ -130,6 +161,7 @@ class ServerRequest:
         self.tags = None if tags is None else _tags(tags)
         networks = params.get("networks")
         self.nics = None if networks is None else _nics(self.name, networks)
+        self.placement = _placement_facts(params.get("server_group"), params.get("availability_zone"))
 
     @property
     def cloud_init_given(self):
@@ -147,7 +179,8 @@ class ServerRequest:
         return Definition(
             flavor=self.flavor, image={"pool": self.image_pool, "name": self.image}, nics=self.nics or [],
             metadata=self.metadata or {}, tags=self.tags or [], hostname=self.hostname or self.name,
-            cloud_init=self._cloud_init(self.hostname or self.name))
+            cloud_init=self._cloud_init(self.hostname or self.name),
+            facts=dict((k, v) for k, v in self.placement.items() if v))
 
     def for_existing(self, domain):
         """The definition of an existing server: declared options, and the server's own values for the rest."""
@@ -164,7 +197,8 @@ class ServerRequest:
             metadata=self.metadata if self.metadata is not None else record.metadata,
             tags=self.tags if self.tags is not None else record.tags,
             hostname=hostname,
-            cloud_init=self._cloud_init(hostname) if self.cloud_init_given else None)
+            cloud_init=self._cloud_init(hostname) if self.cloud_init_given else None,
+            facts=_merge_facts(record.extra, self.placement))
 
     def _cloud_init(self, hostname):
         return {"hostname": hostname, "user_data": self.user_data,
@@ -174,7 +208,7 @@ class ServerRequest:
 class Definition:
     """The complete definition of one server (declared options merged with the server's own values)."""
 
-    def __init__(self, flavor, image, nics, metadata, tags, hostname, cloud_init):
+    def __init__(self, flavor, image, nics, metadata, tags, hostname, cloud_init, facts=None):
         self.flavor = flavor
         self.image = image  # {"pool": ..., "name": ...}
         self.nics = nics
@@ -183,6 +217,8 @@ class Definition:
         self.hostname = hostname
         # None: leave the config drive as it is (no cloud-init option was given for an existing server).
         self.cloud_init = cloud_init
+        # String facts kept in the record for the scheduler and the inventory: server group, its policy, AZ.
+        self.facts = dict(facts or {})
 
     def hash(self, virt_type, config_drive_hash):
         return spec_hash({
@@ -194,6 +230,7 @@ class Definition:
             "hostname": self.hostname,
             "virt_type": virt_type,
             "config_drive": config_drive_hash,
+            "facts": self.facts,
         })
 
 
@@ -266,6 +303,7 @@ def _diff_view(view):
     if view is None:
         return {}
     keep = ("state", "virt_type", "flavor", "image", "image_pool", "hostname", "networks", "metadata", "tags",
+            "server_group", "server_group_policy", "availability_zone",
             "config_drive")
     out = dict((k, view.get(k)) for k in keep)
     out["networks"] = [dict((k, v) for k, v in n.items() if k != "ips") for n in view.get("networks") or []]
@@ -428,7 +466,7 @@ class ServerPlanner:
             drive_hash = _drive_hash(drive_inputs)
         new_hash = definition.hash(virt_type, drive_hash)
         new_record = self._record(definition, virt_type, drive_hash, dict(record.volumes), created=record.created,
-                                  extra=record.extra, spec_hash_value=new_hash)
+                                  spec_hash_value=new_hash)
 
         if req.nics is not None:
             self._check_networks(definition.nics, hostname=definition.hostname)
@@ -580,7 +618,7 @@ class ServerPlanner:
 
     # -- helpers ----------------------------------------------------------------------------------------------------
 
-    def _record(self, definition, virt_type, drive_hash, volumes, created, extra=None, spec_hash_value=None):
+    def _record(self, definition, virt_type, drive_hash, volumes, created, spec_hash_value=None):
         return ServerRecord(
             created=created,
             spec_hash=spec_hash_value or definition.hash(virt_type, drive_hash),
@@ -591,7 +629,7 @@ class ServerPlanner:
             metadata=definition.metadata,
             tags=definition.tags,
             hostname=definition.hostname,
-            extra=extra,
+            extra=definition.facts,
             fixed_ips=dict((nic.mac, nic.fixed_ip) for nic in definition.nics if nic.fixed_ip),
         )
 
@@ -711,7 +749,42 @@ def _predicted_view(definition, record, virt_type, power):
         "metadata": record.metadata,
         "tags": record.tags,
         "config_drive": (record.config_drive_hash or "")[:12] or None,
+        "server_group": definition.facts.get("server_group"),
+        "server_group_policy": definition.facts.get("server_group_policy"),
+        "availability_zone": definition.facts.get("availability_zone"),
     }
+
+
+def _placement_facts(server_group, availability_zone):
+    """The server group and AZ a server was placed with, as record facts (None: not declared)."""
+    facts = {"server_group": None, "server_group_policy": None, "availability_zone": None}
+    if isinstance(server_group, dict):
+        unknown = sorted(set(server_group) - {"name", "policy"})
+        if unknown or not server_group.get("name"):
+            raise ValidationError("must be a group name or a dict with name and policy", field="server_group")
+        facts["server_group"] = server_group["name"]
+        policy = server_group.get("policy")
+        if policy is not None and policy not in SERVER_GROUP_POLICIES:
+            raise ValidationError("must be one of %s" % ", ".join(SERVER_GROUP_POLICIES),
+                                  field="server_group.policy")
+        facts["server_group_policy"] = policy
+    elif server_group is not None:
+        facts["server_group"] = str(server_group)
+    if availability_zone is not None:
+        facts["availability_zone"] = str(availability_zone)
+    for key, value in facts.items():
+        if value is not None and (not value or _XML_ILLEGAL_RE.search(value)):
+            raise ValidationError("must be a non-empty string without control characters", field=key)
+    return facts
+
+
+def _merge_facts(current, declared):
+    """An existing server's facts with the declared ones replacing theirs (undeclared ones kept)."""
+    facts = dict(current or {})
+    for key, value in declared.items():
+        if value is not None:
+            facts[key] = value
+    return facts
 
 
 def _wiring(nics):

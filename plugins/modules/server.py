@@ -144,6 +144,19 @@ options:
       - Omitted, an existing server keeps its tags.
     type: list
     elements: str
+  server_group:
+    description:
+      - The server group the server belongs to (Nova's server groups), as a name or a dict with C(name) and
+        C(policy) (affinity, anti-affinity, soft-affinity, soft-anti-affinity).
+      - Kept in the server's record, so the scheduler counts the server in its group on this host and the inventory
+        groups servers by it. Placement itself is the scheduler's job (M(virtfleet.compute.scheduler) lookup).
+      - Omitted, an existing server keeps its group.
+    type: raw
+  availability_zone:
+    description:
+      - The availability zone the server was placed in, kept in its record (Nova's C(OS-EXT-AZ)).
+      - Omitted, an existing server keeps its zone.
+    type: str
   virt_type:
     description:
       - Domain type. V(kvm) uses hardware virtualization, V(qemu) software emulation (TCG).
@@ -299,40 +312,14 @@ waited:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._module import CONNECTION_ARGS, WAIT_ARGS, run_module
-from ansible_collections.virtfleet.compute.plugins.module_utils._server import converge_server
+from ansible_collections.virtfleet.compute.plugins.module_utils._server import SERVER_ARGUMENT_SPEC, converge_server
 
 
 def main():
-    argument_spec = dict(
-        name=dict(type="str", required=True),
-        state=dict(type="str", default="running", choices=["running", "stopped", "paused", "present", "absent"]),
-        flavor=dict(type="raw"),
-        image=dict(type="str"),
-        image_pool=dict(type="str", default="virtfleet-images"),
-        instance_pool=dict(type="str", default="virtfleet-instances"),
-        networks=dict(type="list", elements="dict", options=dict(
-            network=dict(type="str"),
-            bridge=dict(type="str"),
-            mac=dict(type="str"),
-            model=dict(type="str", default="virtio", choices=["virtio", "e1000", "e1000e", "rtl8139"]),
-            fixed_ip=dict(type="str"),
-        ), mutually_exclusive=[("network", "bridge")], required_one_of=[("network", "bridge")]),
-        hostname=dict(type="str"),
-        user_data=dict(type="str"),
-        ssh_authorized_keys=dict(type="list", elements="str", no_log=False),
-        network_config=dict(type="dict"),
-        metadata=dict(type="dict"),
-        tags=dict(type="list", elements="str"),
-        virt_type=dict(type="str", default="auto", choices=["auto", "kvm", "qemu"]),
-        allow_rebuild=dict(type="bool", default=False),
-        shutdown_timeout=dict(type="int", default=120),
-    )
+    argument_spec = dict(SERVER_ARGUMENT_SPEC)
     argument_spec.update(CONNECTION_ARGS)
     argument_spec.update(WAIT_ARGS)
-    module = AnsibleModule(
-        argument_spec=argument_spec,
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     run_module(module, lambda client: converge_server(client, module.params, module.check_mode, module._diff))
 
 
