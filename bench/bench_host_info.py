@@ -47,7 +47,8 @@ RUNNING = 10
 CATALOG = 20
 
 sys.path.insert(0, REPO_ROOT)
-import tests.conftest  # noqa: E402,F401 - puts the collection on sys.path under its FQCN
+# Imported for its side effect: it puts the collection on sys.path under its FQCN.
+import tests.conftest  # noqa: E402,F401 pylint: disable=unused-import
 from ansible_collections.virtfleet.compute.plugins.module_utils._flavor_catalog import (  # noqa: E402
     converge_flavor,
     flavor_info,
@@ -70,7 +71,7 @@ from tests.integration.test_flavor_host import _start_libvirtd, _stop_libvirtd  
 
 def timed(func, repeat):
     samples = []
-    for _ in range(repeat):
+    for _repeat in range(repeat):
         start = time.perf_counter()
         func()
         samples.append((time.perf_counter() - start) * 1000.0)
@@ -134,7 +135,7 @@ def ansible_call(uri, module, args):
            "-m", module, "-a", args, "-o"]
     env = ansible_env({"ANSIBLE_PYTHON_INTERPRETER": sys.executable})
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     elapsed = (time.perf_counter() - start) * 1000.0
     if proc.returncode != 0:
         raise RuntimeError("%s failed: %s %s" % (module, proc.stdout[-2000:], proc.stderr[-2000:]))
@@ -166,7 +167,7 @@ def measure(uri, quick):
             ("ansible ad-hoc: ansible.builtin.ping (baseline)", "ansible.builtin.ping", ""),
             ("ansible ad-hoc: virtfleet.compute.host_info", "virtfleet.compute.host_info", "uri=%s" % uri),
             ("ansible ad-hoc: virtfleet.compute.flavor_info", "virtfleet.compute.flavor_info", "uri=%s" % uri)):
-        samples = sorted(ansible_call(uri, module, args) for _ in range(runs))
+        samples = sorted(ansible_call(uri, module, args) for _run in range(runs))
         end_to_end.append((label, {"median": statistics.median(samples), "p95": samples[-1], "best": samples[0],
                                    "n": runs}))
     return rows, end_to_end
@@ -180,7 +181,7 @@ def report(rows, end_to_end, populate_seconds, uri_text, load):
         "",
         "- Date: %s UTC" % datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"),
         "- Machine: %s, %d cores available, %s %s" % (_cpu_model(), os.cpu_count(), platform.system(),
-                                                       platform.release()),
+                                                      platform.release()),
         "- Python: %s; libvirt %s" % (platform.python_version(), _libvirt_version()),
         "- Host: %s" % uri_text,
         "- Load average (1 min) before and after: %.2f and %.2f" % load,
@@ -241,7 +242,7 @@ def _libvirt_version():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--uri", help="measure this host instead of a private libvirtd")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions; writes nothing")
     parser.add_argument("--no-write", action="store_true", help="print only")

@@ -236,7 +236,7 @@ def check_claim(client, server_name, flavor, old_flavor=None, instance_pool=INST
         raise CapacityError(
             "server %s does not fit on host %s after allocation ratios and reservations: %s"
             % (server_name, host["name"], "; ".join("%s: %s" % (_RESOURCE_LABELS[s["resource"]], s["message"])
-                                                   for s in shortfalls)),
+                                                    for s in shortfalls)),
             field="flavor", shortfalls=shortfalls, host=host["name"])
     return summary
 

@@ -123,7 +123,7 @@ def plan_reservation(client, network_name, mac, ip, hostname=None):
         return ("reserve %s for %s%s in network %s" % (ip, mac, named, network_name),
                 _update(client, net, "add", new), _update(client, net, "delete", new))
     return ("change the DHCP reservation of %s in network %s from %s to %s%s" % (mac, network_name, old.get("ip"),
-                                                                                ip, named),
+                                                                                 ip, named),
             _update(client, net, "modify", new), _update(client, net, "modify", old))
 
 

@@ -183,7 +183,7 @@ def plan_flavor(client, params):
         label = "add flavor %s (%s)" % (name, _size_text(wanted))
     else:
         label = "update flavor %s (%s)" % (name, ", ".join(_change_text(f, plan.before[f], plan.after[f])
-                                                         for f in changed))
+                                                           for f in changed))
     plan.add(label, lambda: put_flavor(client, wanted))
     if current is not None and any(f in _SERVER_FIELDS for f in changed):
         outdated = [server for server, snapshot in servers_by_flavor(client).get(name, [])

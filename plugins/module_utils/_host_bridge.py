@@ -61,8 +61,8 @@ def plan_bridges(bridges, links, addresses):
             held = [a["local"] for a in addrs.get(port, []) if a.get("scope") == "global"]
             if held:
                 raise ConflictError("port %s of bridge %s carries %s; attaching it would cut the host off that "
-                                  "address. Declare the address on the bridge and remove it from the port first"
-                                  % (port, name, ", ".join(held)))
+                                    "address. Declare the address on the bridge and remove it from the port first"
+                                    % (port, name, ", ".join(held)))
             commands.append(["ip", "link", "set", port, "master", name])
             if "UP" not in plink.get("flags", []):
                 commands.append(["ip", "link", "set", port, "up"])

@@ -567,7 +567,7 @@ class ServerPlanner:
         vol = client.lookup_volume(pool, ref["name"])
         if vol is None:
             raise NotFoundError("the %s disk %s/%s of %s is missing" % (role, pool.name(), ref["name"],
-                                                                       actual.domain.name))
+                                                                        actual.domain.name))
         current = client.volume_info(vol)["capacity"]
         if wanted == 0:
             return  # disk_gb 0: "as large as the image" never shrinks an existing disk

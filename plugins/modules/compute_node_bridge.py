@@ -21,13 +21,14 @@ description:
   - Refuses to attach a port that carries a global IP address, since the host would lose that address's connectivity.
     Move the address to the bridge (O(bridges[].addresses)) and off the port first.
 author:
-  - virtfleet.compute developers
+  - virtfleet.compute developers (@virtfleet)
 attributes:
   check_mode:
     support: full
     description: Reports the commands the real run would take, in C(actions).
   diff_mode:
     support: none
+    description: Reads or checks only; there is nothing to diff.
   idempotent:
     support: full
     description: A second run reports no change.
@@ -38,12 +39,32 @@ options:
     elements: dict
     required: true
     suboptions:
-      name: {description: Bridge name., type: str, required: true}
-      ports: {description: Interfaces attached to the bridge., type: list, elements: str, default: []}
-      stp: {description: Spanning tree protocol., type: bool, default: false}
-      mtu: {description: MTU of the bridge., type: int}
-      addresses: {description: IP addresses (CIDR) of the host on the bridge., type: list, elements: str, default: []}
-      state: {description: V(absent) deletes the bridge., type: str, choices: [present, absent], default: present}
+      name:
+        description: Bridge name.
+        type: str
+        required: true
+      ports:
+        description: Interfaces attached to the bridge.
+        type: list
+        elements: str
+        default: []
+      stp:
+        description: Spanning tree protocol.
+        type: bool
+        default: false
+      mtu:
+        description: MTU of the bridge.
+        type: int
+      addresses:
+        description: IP addresses (CIDR) of the host on the bridge.
+        type: list
+        elements: str
+        default: []
+      state:
+        description: V(absent) deletes the bridge.
+        type: str
+        default: present
+        choices: [present, absent]
   persisted:
     description: Whether the role persisted the bridges; if not, the module warns that they will not survive a reboot.
     type: bool

@@ -24,7 +24,7 @@ description:
   - Chooses C(kvm) or C(qemu) by O(policy). The probe leaves nothing behind (a transient domain and a temporary
     volume, both removed).
 author:
-  - virtfleet.compute developers
+  - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
   - virtfleet.compute.connection
 attributes:
@@ -33,6 +33,7 @@ attributes:
     description: Reads the host and boots the probe guest in check mode too (both leave nothing behind).
   diff_mode:
     support: none
+    description: Reads or checks only; there is nothing to diff.
   idempotent:
     support: full
     description: Never reports a change.

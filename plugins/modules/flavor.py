@@ -24,7 +24,7 @@ description:
     supported ones map onto libvirt as Nova's libvirt driver maps them; keys with other prefixes
     (C(aggregate_instance_extra_specs:), C(trait:), your own) are kept as free-form strings.
 author:
-  - virtfleet.compute developers
+  - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
   - virtfleet.compute.connection
 attributes:
@@ -138,14 +138,37 @@ flavor:
   returned: always
   type: dict
   contains:
-    name: {description: Flavor name., type: str, sample: m1.small}
-    vcpus: {description: vCPUs., type: int, sample: 1}
-    ram_mb: {description: Memory in MiB., type: int, sample: 2048}
-    disk_gb: {description: Root disk in GiB (0 = the image's size)., type: int, sample: 20}
-    swap_mb: {description: Swap in MiB., type: int, sample: 0}
-    ephemeral_gb: {description: Ephemeral disk in GiB., type: int, sample: 0}
-    description: {description: Free text., type: str}
-    extra_specs: {description: Extra specs., type: dict, sample: {"hw:watchdog_action": "reset"}}
+    name:
+      description: Flavor name.
+      type: str
+      sample: m1.small
+    vcpus:
+      description: vCPUs.
+      type: int
+      sample: 1
+    ram_mb:
+      description: Memory in MiB.
+      type: int
+      sample: 2048
+    disk_gb:
+      description: Root disk in GiB (0 = the image's size).
+      type: int
+      sample: 20
+    swap_mb:
+      description: Swap in MiB.
+      type: int
+      sample: 0
+    ephemeral_gb:
+      description: Ephemeral disk in GiB.
+      type: int
+      sample: 0
+    description:
+      description: Free text.
+      type: str
+    extra_specs:
+      description: Extra specs.
+      type: dict
+      sample: {"hw:watchdog_action": "reset"}
 actions:
   description: The change made (or, in check mode, that would be made).
   returned: always

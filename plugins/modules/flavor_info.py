@@ -19,7 +19,7 @@ description:
   - Never fails because a named flavor does not exist, or because the host has no catalog; the list is then
     shorter or empty.
 author:
-  - virtfleet.compute developers
+  - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
   - virtfleet.compute.connection
 attributes:
@@ -28,6 +28,7 @@ attributes:
     description: Reads only; runs in check mode too.
   diff_mode:
     support: none
+    description: Reads or checks only; there is nothing to diff.
   idempotent:
     support: full
     description: Never changes anything.
@@ -70,21 +71,43 @@ flavors:
   type: list
   elements: dict
   contains:
-    name: {description: Flavor name., type: str, sample: m1.small}
-    vcpus: {description: vCPUs., type: int, sample: 1}
-    ram_mb: {description: Memory in MiB., type: int, sample: 2048}
-    disk_gb: {description: Root disk in GiB (0 = the image's size)., type: int, sample: 20}
-    swap_mb: {description: Swap in MiB., type: int, sample: 0}
-    ephemeral_gb: {description: Ephemeral disk in GiB., type: int, sample: 0}
-    description: {description: Free text., type: str}
-    extra_specs: {description: Extra specs., type: dict}
+    name:
+      description: Flavor name.
+      type: str
+      sample: m1.small
+    vcpus:
+      description: vCPUs.
+      type: int
+      sample: 1
+    ram_mb:
+      description: Memory in MiB.
+      type: int
+      sample: 2048
+    disk_gb:
+      description: Root disk in GiB (0 = the image's size).
+      type: int
+      sample: 20
+    swap_mb:
+      description: Swap in MiB.
+      type: int
+      sample: 0
+    ephemeral_gb:
+      description: Ephemeral disk in GiB.
+      type: int
+      sample: 0
+    description:
+      description: Free text.
+      type: str
+    extra_specs:
+      description: Extra specs.
+      type: dict
     servers:
       description: Managed servers of the host whose flavor snapshot carries this flavor's name.
       returned: when O(include_servers=true)
       type: list
       elements: str
     outdated_servers:
-      description: Those of O(servers) whose snapshot differs from the catalog in size or extra specs.
+      description: Those of RV(flavors[].servers) whose snapshot differs from the catalog in size or extra specs.
       returned: when O(include_servers=true)
       type: list
       elements: str

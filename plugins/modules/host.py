@@ -22,7 +22,7 @@ description:
   - Options left out keep the host's current value; a host without a record behaves as one of Nova's defaults
     (CPU 16.0, RAM 1.5, disk 1.0, 512 MiB of memory reserved, zone C(nova)).
 author:
-  - virtfleet.compute developers
+  - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
   - virtfleet.compute.connection
 attributes:
@@ -124,19 +124,57 @@ host:
   returned: always
   type: dict
   contains:
-    enabled: {description: Whether the host takes new servers., type: bool, sample: true}
-    disabled_reason: {description: Why it is disabled., type: str}
-    cpu_allocation_ratio: {description: CPU allocation ratio., type: float, sample: 16.0}
-    ram_allocation_ratio: {description: RAM allocation ratio., type: float, sample: 1.5}
-    disk_allocation_ratio: {description: Disk allocation ratio., type: float, sample: 1.0}
-    reserved_host_memory_mb: {description: Reserved memory in MiB., type: int, sample: 512}
-    reserved_host_cpus: {description: Reserved CPUs., type: int, sample: 0}
-    reserved_host_disk_mb: {description: Reserved disk in MiB., type: int, sample: 0}
-    availability_zone: {description: Availability zone., type: str, sample: nova}
-    aggregates: {description: Aggregate name to metadata., type: dict, sample: {"ssd-hosts": {"ssd": "true"}}}
-    traits: {description: Custom traits., type: list, elements: str, sample: [CUSTOM_SSD]}
-    virt_type: {description: The recorded KVM verdict (kvm, qemu or null)., type: str}
-    virt_type_reasons: {description: Why the host got that verdict., type: list, elements: str}
+    enabled:
+      description: Whether the host takes new servers.
+      type: bool
+      sample: true
+    disabled_reason:
+      description: Why it is disabled.
+      type: str
+    cpu_allocation_ratio:
+      description: CPU allocation ratio.
+      type: float
+      sample: 16.0
+    ram_allocation_ratio:
+      description: RAM allocation ratio.
+      type: float
+      sample: 1.5
+    disk_allocation_ratio:
+      description: Disk allocation ratio.
+      type: float
+      sample: 1.0
+    reserved_host_memory_mb:
+      description: Reserved memory in MiB.
+      type: int
+      sample: 512
+    reserved_host_cpus:
+      description: Reserved CPUs.
+      type: int
+      sample: 0
+    reserved_host_disk_mb:
+      description: Reserved disk in MiB.
+      type: int
+      sample: 0
+    availability_zone:
+      description: Availability zone.
+      type: str
+      sample: nova
+    aggregates:
+      description: Aggregate name to metadata.
+      type: dict
+      sample: {"ssd-hosts": {"ssd": "true"}}
+    traits:
+      description: Custom traits.
+      type: list
+      elements: str
+      sample: [CUSTOM_SSD]
+    virt_type:
+      description: The recorded KVM verdict (kvm, qemu or null).
+      type: str
+    virt_type_reasons:
+      description: Why the host got that verdict.
+      type: list
+      elements: str
 actions:
   description: The change made (or, in check mode, that would be made).
   returned: always

@@ -25,7 +25,7 @@ description:
   - A host whose libvirt daemon cannot be reached does not make the module fail; it is returned with
     C(up=false), C(state=down) and the reason in C(error), so a loop over many hosts sees which ones are down.
 author:
-  - virtfleet.compute developers
+  - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
   - virtfleet.compute.connection
 attributes:
@@ -34,6 +34,7 @@ attributes:
     description: Reads only; runs in check mode too.
   diff_mode:
     support: none
+    description: Reads or checks only; there is nothing to diff.
   idempotent:
     support: full
     description: Never changes anything.
@@ -78,55 +79,144 @@ host:
   returned: always
   type: dict
   contains:
-    name: {description: The name given in O(name), or libvirt's host name., type: str, sample: compute-1}
-    hypervisor_hostname: {description: libvirt's host name., type: str}
-    uri: {description: The libvirt URI., type: str, sample: "qemu:///system"}
-    up: {description: Whether the libvirt daemon answered., type: bool, sample: true}
-    state: {description: V(up) or V(down)., type: str, sample: up}
-    error: {description: Why the host is down., type: str, returned: when the host is down}
-    enabled: {description: Whether the host takes new servers., type: bool, sample: true}
-    status: {description: V(enabled) or V(disabled) (V(unknown) when down)., type: str, sample: enabled}
-    disabled_reason: {description: Why it is disabled., type: str}
-    availability_zone: {description: Availability zone., type: str, sample: nova}
-    aggregates: {description: Aggregate name to metadata., type: dict}
-    traits: {description: Custom traits and the CPU's traits., type: list, elements: str}
-    virt_type: {description: The recorded KVM verdict (kvm, qemu or null)., type: str}
-    record_stored: {description: Whether the host has a stored record (else every value is a default)., type: bool}
-    vcpus: {description: Host CPUs., type: int, sample: 8}
-    vcpus_used: {description: vCPUs of all domains., type: int, sample: 6}
-    memory_mb: {description: Host memory in MiB., type: int, sample: 32000}
-    memory_mb_used: {description: Memory of all domains in MiB (reservation not included)., type: int}
-    local_gb: {description: Size of the instance pool in GiB., type: int}
-    local_gb_used: {description: Disk of all domains in GiB (reservation not included)., type: int}
-    free_ram_mb: {description: C(memory_mb - memory_mb_used)., type: int}
-    free_disk_gb: {description: C(local_gb - local_gb_used)., type: int}
-    disk_available_least: {description: Space really free in the instance pool, in GiB., type: int}
-    cpu_allocation_ratio: {description: CPU allocation ratio., type: float}
-    ram_allocation_ratio: {description: RAM allocation ratio., type: float}
-    disk_allocation_ratio: {description: Disk allocation ratio., type: float}
-    reserved_host_memory_mb: {description: Reserved memory in MiB., type: int}
-    reserved_host_cpus: {description: Reserved CPUs., type: int}
-    reserved_host_disk_mb: {description: Reserved disk in MiB., type: int}
+    name:
+      description: The name given in O(name), or libvirt's host name.
+      type: str
+      sample: compute-1
+    hypervisor_hostname:
+      description: libvirt's host name.
+      type: str
+    uri:
+      description: The libvirt URI.
+      type: str
+      sample: "qemu:///system"
+    up:
+      description: Whether the libvirt daemon answered.
+      type: bool
+      sample: true
+    state:
+      description: V(up) or V(down).
+      type: str
+      sample: up
+    error:
+      description: Why the host is down.
+      type: str
+      returned: when the host is down
+    enabled:
+      description: Whether the host takes new servers.
+      type: bool
+      sample: true
+    status:
+      description: V(enabled) or V(disabled) (V(unknown) when down).
+      type: str
+      sample: enabled
+    disabled_reason:
+      description: Why it is disabled.
+      type: str
+    availability_zone:
+      description: Availability zone.
+      type: str
+      sample: nova
+    aggregates:
+      description: Aggregate name to metadata.
+      type: dict
+    traits:
+      description: Custom traits and the CPU's traits.
+      type: list
+      elements: str
+    virt_type:
+      description: The recorded KVM verdict (kvm, qemu or null).
+      type: str
+    record_stored:
+      description: Whether the host has a stored record (else every value is a default).
+      type: bool
+    vcpus:
+      description: Host CPUs.
+      type: int
+      sample: 8
+    vcpus_used:
+      description: vCPUs of all domains.
+      type: int
+      sample: 6
+    memory_mb:
+      description: Host memory in MiB.
+      type: int
+      sample: 32000
+    memory_mb_used:
+      description: Memory of all domains in MiB (reservation not included).
+      type: int
+    local_gb:
+      description: Size of the instance pool in GiB.
+      type: int
+    local_gb_used:
+      description: Disk of all domains in GiB (reservation not included).
+      type: int
+    free_ram_mb:
+      description: C(memory_mb - memory_mb_used).
+      type: int
+    free_disk_gb:
+      description: C(local_gb - local_gb_used).
+      type: int
+    disk_available_least:
+      description: Space really free in the instance pool, in GiB.
+      type: int
+    cpu_allocation_ratio:
+      description: CPU allocation ratio.
+      type: float
+    ram_allocation_ratio:
+      description: RAM allocation ratio.
+      type: float
+    disk_allocation_ratio:
+      description: Disk allocation ratio.
+      type: float
+    reserved_host_memory_mb:
+      description: Reserved memory in MiB.
+      type: int
+    reserved_host_cpus:
+      description: Reserved CPUs.
+      type: int
+    reserved_host_disk_mb:
+      description: Reserved disk in MiB.
+      type: int
     capacity:
       description:
         - Per resource (C(vcpus), C(memory_mb), C(disk_gb)) the total, reserved, allocation_ratio, capacity (after
           reservation and ratio), used, free (capacity - used, negative when over) and max_unit (the largest single
           server).
       type: dict
-    running_vms: {description: Running domains of any kind., type: int, sample: 3}
+    running_vms:
+      description: Running domains of any kind.
+      type: int
+      sample: 3
     servers:
       description: The managed servers of the host (running or not).
       type: list
       elements: dict
       contains:
-        name: {description: Server name., type: str}
-        uuid: {description: Domain UUID., type: str}
-        state: {description: V(running) or V(stopped)., type: str}
-        flavor: {description: Name of its flavor snapshot., type: str}
-        vcpus: {description: vCPUs it takes., type: int}
-        memory_mb: {description: Memory it takes, in MiB., type: int}
-        disk_gb: {description: Disk it takes, in GiB., type: int}
-        server_group: {description: Its server group, when it has one., type: str}
+        name:
+          description: Server name.
+          type: str
+        uuid:
+          description: Domain UUID.
+          type: str
+        state:
+          description: V(running) or V(stopped).
+          type: str
+        flavor:
+          description: Name of its flavor snapshot.
+          type: str
+        vcpus:
+          description: vCPUs it takes.
+          type: int
+        memory_mb:
+          description: Memory it takes, in MiB.
+          type: int
+        disk_gb:
+          description: Disk it takes, in GiB.
+          type: int
+        server_group:
+          description: Its server group, when it has one.
+          type: str
     unmanaged_domains:
       description: Domains not made by this collection, with what they take (name, uuid, state, vcpus, memory_mb,
         disk_gb).
@@ -135,10 +225,21 @@ host:
     instance_pool:
       description: The instance pool (name, found, capacity, allocation, available in bytes and in whole GiB).
       type: dict
-    hypervisor_type: {description: libvirt's driver type., type: str, sample: QEMU}
-    hypervisor_version: {description: Hypervisor version., type: str, sample: 7.2.0}
-    libvirt_version: {description: libvirt version., type: str, sample: 9.0.0}
-    host_uuid: {description: libvirt's host UUID., type: str}
+    hypervisor_type:
+      description: libvirt's driver type.
+      type: str
+      sample: QEMU
+    hypervisor_version:
+      description: Hypervisor version.
+      type: str
+      sample: 7.2.0
+    libvirt_version:
+      description: libvirt version.
+      type: str
+      sample: 9.0.0
+    host_uuid:
+      description: libvirt's host UUID.
+      type: str
     cpu:
       description: The host CPU - arch, model, vendor, topology, flags (the model's features and the extra ones) and
         the traits Nova derives from them.

@@ -24,7 +24,7 @@ description:
   - The M(virtfleet.compute.server) module reserves a server's C(fixed_ip) in the network as well; those
     reservations are kept unless O(purge_hosts=true).
 author:
-  - virtfleet.compute developers
+  - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
   - virtfleet.compute.connection
 attributes:
@@ -167,20 +167,55 @@ network:
   returned: always
   type: dict
   contains:
-    name: {description: Network name., type: str, sample: tenant-a}
-    uuid: {description: libvirt network UUID (absent in check mode for a new network)., type: str}
-    state: {description: started or stopped., type: str, sample: started}
-    active: {description: Whether the network runs., type: bool}
-    autostart: {description: Whether libvirtd starts it at boot., type: bool}
-    mode: {description: nat, route, isolated or bridge., type: str, sample: nat}
-    bridge: {description: The Linux bridge of the network., type: str, sample: virbr1}
-    forward_dev: {description: The uplink interface, if one was set., type: str}
-    cidr: {description: The IPv4 subnet., type: str, sample: 10.20.0.0/24}
-    gateway: {description: The host's address on the network., type: str, sample: 10.20.0.1}
-    dhcp: {description: Whether a DHCP server runs on it., type: bool}
-    dhcp_start: {description: First address of the DHCP range., type: str}
-    dhcp_end: {description: Last address of the DHCP range., type: str}
-    hosts: {description: DHCP reservations (mac, ip, name), by address., type: list, elements: dict}
+    name:
+      description: Network name.
+      type: str
+      sample: tenant-a
+    uuid:
+      description: libvirt network UUID (absent in check mode for a new network).
+      type: str
+    state:
+      description: started or stopped.
+      type: str
+      sample: started
+    active:
+      description: Whether the network runs.
+      type: bool
+    autostart:
+      description: Whether libvirtd starts it at boot.
+      type: bool
+    mode:
+      description: nat, route, isolated or bridge.
+      type: str
+      sample: nat
+    bridge:
+      description: The Linux bridge of the network.
+      type: str
+      sample: virbr1
+    forward_dev:
+      description: The uplink interface, if one was set.
+      type: str
+    cidr:
+      description: The IPv4 subnet.
+      type: str
+      sample: 10.20.0.0/24
+    gateway:
+      description: The host's address on the network.
+      type: str
+      sample: 10.20.0.1
+    dhcp:
+      description: Whether a DHCP server runs on it.
+      type: bool
+    dhcp_start:
+      description: First address of the DHCP range.
+      type: str
+    dhcp_end:
+      description: Last address of the DHCP range.
+      type: str
+    hosts:
+      description: DHCP reservations (mac, ip, name), by address.
+      type: list
+      elements: dict
 actions:
   description: The steps taken (or, in check mode, that would be taken), in order.
   returned: always

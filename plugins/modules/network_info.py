@@ -16,7 +16,7 @@ description:
     M(virtfleet.compute.network) takes, the domains with an interface on each, and the current DHCP leases.
   - Never fails because a network is missing; the list is empty instead.
 author:
-  - virtfleet.compute developers
+  - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
   - virtfleet.compute.connection
 attributes:
@@ -25,6 +25,7 @@ attributes:
     description: Reads only; the same in check mode.
   diff_mode:
     support: none
+    description: Reads or checks only; there is nothing to diff.
   idempotent:
     support: full
     description: Never changes anything.
@@ -54,21 +55,53 @@ networks:
   type: list
   elements: dict
   contains:
-    name: {description: Network name., type: str}
-    uuid: {description: libvirt network UUID., type: str}
-    state: {description: started or stopped., type: str}
-    active: {description: Whether the network runs., type: bool}
-    autostart: {description: Whether libvirtd starts it at boot., type: bool}
-    mode: {description: nat, route, isolated or bridge (or libvirt's other forward modes, as they are)., type: str}
-    bridge: {description: The Linux bridge of the network., type: str}
-    forward_dev: {description: The uplink interface, if one was set., type: str}
-    cidr: {description: The first IPv4 subnet., type: str}
-    gateway: {description: The host's address on it., type: str}
-    dhcp: {description: Whether a DHCP server runs on it., type: bool}
-    dhcp_start: {description: First address of the DHCP range., type: str}
-    dhcp_end: {description: Last address of the DHCP range., type: str}
-    hosts: {description: DHCP reservations (mac, ip, name)., type: list, elements: dict}
-    users: {description: Domains with an interface on the network., type: list, elements: str}
+    name:
+      description: Network name.
+      type: str
+    uuid:
+      description: libvirt network UUID.
+      type: str
+    state:
+      description: started or stopped.
+      type: str
+    active:
+      description: Whether the network runs.
+      type: bool
+    autostart:
+      description: Whether libvirtd starts it at boot.
+      type: bool
+    mode:
+      description: nat, route, isolated or bridge (or libvirt's other forward modes, as they are).
+      type: str
+    bridge:
+      description: The Linux bridge of the network.
+      type: str
+    forward_dev:
+      description: The uplink interface, if one was set.
+      type: str
+    cidr:
+      description: The first IPv4 subnet.
+      type: str
+    gateway:
+      description: The host's address on it.
+      type: str
+    dhcp:
+      description: Whether a DHCP server runs on it.
+      type: bool
+    dhcp_start:
+      description: First address of the DHCP range.
+      type: str
+    dhcp_end:
+      description: Last address of the DHCP range.
+      type: str
+    hosts:
+      description: DHCP reservations (mac, ip, name).
+      type: list
+      elements: dict
+    users:
+      description: Domains with an interface on the network.
+      type: list
+      elements: str
     leases:
       description: Current IPv4 DHCP leases (mac, ip, hostname, expiry as epoch seconds).
       type: list

@@ -99,7 +99,7 @@ class PrivateHost:
                         os.kill(pid, 15)
                     except ProcessLookupError:
                         pass
-                    for _ in range(100):
+                    for _attempt in range(100):
                         if not os.path.exists("/proc/%d" % pid):
                             break
                         time.sleep(0.1)
@@ -132,14 +132,14 @@ class PrivateHost:
         if in_netns:
             cmd = ["ip", "netns", "exec", NETNS] + cmd
         env = ansible_env(dict(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default"))
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
         return PlaybookRun(proc, _recap(proc.stdout))
 
 
 @pytest.fixture(scope="module")
 def host(uri):
-    if subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.find(NETNS) >= 0:
-        subprocess.run(["ip", "netns", "del", NETNS])
+    if subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.find(NETNS) >= 0:
+        subprocess.run(["ip", "netns", "del", NETNS], check=False)
     private = PrivateHost()
     try:
         private.setup()

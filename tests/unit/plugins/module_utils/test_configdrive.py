@@ -171,7 +171,7 @@ def test_content_hash_tracks_every_input():
     assert len(reference) == 64 and int(reference, 16) >= 0
     assert cd.content_hash(**base) == reference
     # Dict order and str-vs-bytes of the same text do not matter; the content does.
-    same = dict(base, user_data=SCRIPT.decode(), network_config={"ethernets": {}, "version": 2})
+    same = {**base, "user_data": SCRIPT.decode(), "network_config": {"ethernets": {}, "version": 2}}
     assert cd.content_hash(**same) == reference
     changes = {"instance_id": "i-2", "hostname": "web2", "user_data": SCRIPT + b"#", "ssh_authorized_keys": [KEY2],
                "network_config": None, "vendor_data": None, "extra_meta": {"a": 2}}

@@ -102,7 +102,7 @@ def test_cpu_quotas_render_cputune_after_vcpu():
     root = render({"quota:cpu_shares": "512", "quota:cpu_period": "100000", "quota:cpu_quota": "-1"})
     assert tags(root)[:6] == ["name", "uuid", "memory", "currentMemory", "vcpu", "cputune"]
     assert [(e.tag, e.text) for e in root.find("cputune")] == [("shares", "512"), ("period", "100000"),
-                                                              ("quota", "-1")]
+                                                               ("quota", "-1")]
 
 
 def test_dedicated_pins_every_vcpu_and_the_emulator():

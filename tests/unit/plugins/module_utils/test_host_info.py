@@ -447,7 +447,7 @@ def test_host_record_four_steps(fake):
 def test_omitted_fields_keep_their_values(fake):
     converge_host(fake, {"cpu_allocation_ratio": 4.0})
     converge_host(fake, {"ram_allocation_ratio": 1.0})
-    record, _ = read_host_record(fake)
+    record, _stored = read_host_record(fake)
     assert record["cpu_allocation_ratio"] == 4.0 and record["ram_allocation_ratio"] == 1.0
 
 

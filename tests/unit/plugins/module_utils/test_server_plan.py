@@ -548,7 +548,7 @@ def test_an_update_to_a_missing_network_is_refused_before_anything_changes(clien
 ])
 @pytest.mark.parametrize("existing", [False, True], ids=["create", "update"])
 def test_characters_xml_cannot_hold_are_refused_by_field_before_anything_changes(client, base_image, change,
-                                                                                  field, existing):
+                                                                                 field, existing):
     """BUG: they pass validation, then libvirt (create) or ElementTree (update) chokes on the domain XML."""
     if existing:
         make_server(client, "running")
@@ -654,7 +654,7 @@ def test_a_cloud_init_change_rewrites_the_config_drive_live_with_a_warning(clien
     ({"image": OTHER, "allow_rebuild": True}, {"image"}, None),
 ], ids=["tags", "metadata", "state", "vcpus", "disk", "flavor-name", "networks", "hostname", "image"])
 def test_diff_shows_exactly_the_changed_fields_and_predicts_the_result(client, images, change, fields,
-                                                                      flavor_fields):
+                                                                       flavor_fields):
     make_server(client, "running")
 
     diff = converge(client, params(**change))["diff"]
