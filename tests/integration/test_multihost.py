@@ -211,6 +211,7 @@ def test_one_host_static_inventory_boots_and_logs_in(lab, workdir, tmp_path):
     cloud = tmp_path / "demo.yml"
     cloud.write_text(json.dumps({
         "virtfleet_images": [{"name": "debian-12", "src": BOOT_IMAGE_FILE, "disk_format": "qcow2"}],
+        "virtfleet_networks": [{"name": "default"}],
         "virtfleet_ssh_key": str(workdir / "id_ed25519"),
         "virtfleet_login_user": "debian",
         "virtfleet_servers": [{"name": "vf-t4-demo", "flavor": {"vcpus": 1, "ram_mb": 512, "disk_gb": 4},
