@@ -520,7 +520,7 @@ class LibvirtClient:
             if exc.get_error_code() == libvirt.VIR_ERR_STORAGE_VOL_EXIST:
                 return None
             raise LibvirtOperationError("cannot create a volume in %s on %s: %s" % (pool.name(), self.uri,
-                                                                                     _message(exc)))
+                                                                                    _message(exc)))
 
     def delete_volume_if_exists(self, vol):
         """Delete a volume; False if it was already gone."""
@@ -709,7 +709,6 @@ class LibvirtClient:
             dom.abortJob()
         except libvirt.libvirtError:
             pass  # the job ended on its own meanwhile
-
 
     # -- added for volumes ------------------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import re
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtfleet.compute.plugins.module_utils import _configdrive
+from ansible_collections.virtfleet.compute.plugins.module_utils import _attachments, _configdrive
 from ansible_collections.virtfleet.compute.plugins.module_utils._claims import Claim, grows
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
     DISK_TARGETS,
@@ -114,6 +114,14 @@ SERVER_ARGUMENT_SPEC = dict(
     virt_type=dict(type="str", default="auto", choices=["auto", "kvm", "qemu"]),
     allow_rebuild=dict(type="bool", default=False),
     shutdown_timeout=dict(type="int", default=120),
+    volumes=dict(type="list", elements="dict", options=dict(
+        name=dict(type="str", required=True),
+        pool=dict(type="str", default="virtfleet-volumes"),
+        bus=dict(type="str", default="virtio", choices=["virtio", "scsi"]),
+        device=dict(type="str"),
+        read_only=dict(type="bool", default=False),
+    )),
+    delete_volumes=dict(type="bool", default=False),
 )
 
 
@@ -140,6 +148,8 @@ class ServerRequest:
         self.virt_type = params.get("virt_type") or "auto"
         if self.virt_type not in VIRT_TYPES:
             raise ValidationError("must be one of %s" % ", ".join(VIRT_TYPES), field="virt_type")
+        # Deleting a server leaves its data volumes alone unless this says otherwise (Nova's delete_on_termination).
+        self.delete_volumes = bool(params.get("delete_volumes"))
         if self.state == "absent":
             return
         flavor = params.get("flavor")
@@ -161,6 +171,8 @@ class ServerRequest:
         self.tags = None if tags is None else _tags(tags)
         networks = params.get("networks")
         self.nics = None if networks is None else _nics(self.name, networks)
+        # None: keep the attachments an existing server has; [] detaches every data volume.
+        self.volumes = _attachments.validate_attachments(params.get("volumes"))
         self.placement = _placement_facts(params.get("server_group"), params.get("availability_zone"))
 
     @property
@@ -245,6 +257,8 @@ class ActualServer:
         if self.power == "stopped" and client.domain_has_managed_save(dom):
             self.power = "suspended"
         self.addresses = client.domain_addresses(dom) if self.power == "running" else {}
+        if self.managed:
+            self.addresses = _drop_stale_leases(client, self.domain.managed_nics(), self.addresses)
 
     @property
     def managed(self):
@@ -290,6 +304,7 @@ def server_view(actual, hypervisor=None):
         "tags": record.tags,
         "created": record.created,
         "volumes": dict((role, "%s/%s" % (v["pool"], v["name"])) for role, v in record.volumes.items()),
+        "attachments": _attachments.attached_view(domain.tree),
         "config_drive": (record.config_drive_hash or "")[:12] or None,
     }
     if hypervisor:
@@ -304,7 +319,7 @@ def _diff_view(view):
         return {}
     keep = ("state", "virt_type", "flavor", "image", "image_pool", "hostname", "networks", "metadata", "tags",
             "server_group", "server_group_policy", "availability_zone",
-            "config_drive")
+            "config_drive", "attachments")
     out = dict((k, view.get(k)) for k in keep)
     out["networks"] = [dict((k, v) for k, v in n.items() if k != "ips") for n in view.get("networks") or []]
     return out
@@ -327,6 +342,8 @@ class ServerPlanner:
         actual = read_server(self.client, req.name)
         plan = Plan()
         plan.actual = actual
+        plan.powers_on = False  # set when a step starts the guest (its DHCP leases are then renewed)
+        plan.nics = []
         if actual is not None and not actual.managed:
             raise ConflictError(
                 "a domain called %s exists on %s but was not created by virtfleet.compute; it is never touched. "
@@ -353,6 +370,11 @@ class ServerPlanner:
                 raise ConflictError("refusing to delete %s: its record lists volume %s/%s, which is not named after "
                                     "it; the record was edited by hand. Fix the record or delete the server yourself"
                                     % (name, ref["pool"], ref["name"]), field="name")
+        # Attached data volumes outlive the server unless delete_volumes says otherwise; a volume another server
+        # also has is refused here, before any step.
+        data_volume_steps = []
+        if self.request.delete_volumes:
+            data_volume_steps = _attachments.delete_attached_steps(client, name, actual.domain.tree)
         if actual.power in ("running", "paused"):
             plan.add("power off %s" % name, lambda: client.destroy_domain(dom))
         plan.add("undefine domain %s" % name, lambda: client.undefine_domain(dom))
@@ -364,6 +386,8 @@ class ServerPlanner:
         for role, ref in sorted(actual.record.volumes.items()):
             plan.add("delete %s volume %s/%s" % (role, ref["pool"], ref["name"]),
                      _delete_volume_step(client, ref, name))
+        for label, run in data_volume_steps:
+            plan.add(label, run)
 
     # -- create -----------------------------------------------------------------------------------------------------
 
@@ -390,6 +414,12 @@ class ServerPlanner:
         record = self._record(definition, resolved["virt_type"], drive_hash, volumes, created=self.now)
         xml = render_domain(DomainSpec(req.name, server_uuid, resolved["virt_type"], flavor, definition.nics,
                                        volumes, record, host_cpus=_host_cpus(client, flavor)))
+
+        # A new server has its data volumes in its first definition: no hot-plug, and nothing to undo but the domain.
+        attachments = None
+        if req.volumes:
+            attachments = _attachments.plan_attachments(client, req.name, req.volumes)
+            xml = attachments.render(xml)
 
         # Labels name the disks by role, not by volume name: the volume names carry the new server's UUID, which
         # check mode cannot know, and check mode must list exactly the steps the real run takes.
@@ -441,8 +471,10 @@ class ServerPlanner:
         if claim.needed:
             plan.add(claim.verify_label, claim.verify_and_release, undo=claim.release)
         final = "stopped" if req.state == "present" else req.state
+        plan.nics = definition.nics
         self._plan_power(plan, "stopped", final, lambda: holder["dom"], creating=True)
         plan.after = _predicted_view(definition, record, resolved["virt_type"], final)
+        plan.after["attachments"] = attachments.view() if attachments else []
         plan.created = True
 
     # -- update -----------------------------------------------------------------------------------------------------
@@ -534,6 +566,12 @@ class ServerPlanner:
         new_xml = render_domain(spec, base_xml=old_xml)
         definition_changed = canonical(new_xml) != canonical(old_xml)
 
+        attachments = None
+        if req.volumes is not None:
+            # The live XML too: a disk whose unplug the guest has not acknowledged yet still holds its target.
+            live_xml = client.domain_xml(dom, inactive=False) if actual.power in ("running", "paused") else None
+            attachments = _attachments.plan_attachments(client, req.name, req.volumes, old_xml, live_xml)
+
         power = actual.power
         target = power if req.state == "present" else req.state
         needs_offline = bool(offline_steps) or (restart and definition_changed)
@@ -558,8 +596,21 @@ class ServerPlanner:
             plan.add(*step)
         if claim is not None and claim.needed:
             plan.add(claim.verify_label, claim.verify_and_release, undo=claim.release)
+        # Attachments change after the definition is written (redefining from the old XML would drop a disk attached
+        # before). A server on its way down is stopped first: its disks then change in the definition only, with no
+        # unplug for the guest to acknowledge.
+        attach_steps = attachments.steps(client, lambda: dom) if attachments is not None else []
+        if target != "stopped":
+            for label, run, undo in attach_steps:
+                plan.add(label, run, undo=undo)
+        plan.nics = definition.nics
         self._plan_power(plan, power, target, lambda: dom)
+        if target == "stopped":
+            for label, run, undo in attach_steps:
+                plan.add(label, run, undo=undo)
         plan.after = _predicted_view(definition, new_record, virt_type, target)
+        plan.after["attachments"] = (attachments.view() if attachments is not None
+                                     else _attachments.attached_view(domain.tree))
 
     def _plan_disk_growth(self, steps, pool, actual, ref, role, wanted, field):
         """Grow a disk in place (live if the server runs) when the flavor asks for more; refuse to shrink."""
@@ -609,6 +660,7 @@ class ServerPlanner:
                 plan.add("resume %s" % name, lambda: client.resume_domain(get_dom()))
             else:
                 plan.add("start %s" % name, lambda: client.start_domain(get_dom()), undo=undo)
+                plan.powers_on = True
         elif target == "paused":
             if current == "stopped":
                 plan.add("start %s" % name, lambda: client.start_domain(get_dom()), undo=undo)
@@ -837,14 +889,55 @@ def graceful_stop(client, dom, timeout):
     return "forced"
 
 
-def wait_until_ready(client, name, nics, timeout):
-    """Wait until the server runs and every NIC on a libvirt network has an IPv4 address; returns the seconds."""
+def lease_expiries(client, nics):
+    """``{mac: expiry time}`` of the newest IPv4 DHCP lease of each NIC on a libvirt network."""
+    expiries = {}
+    for nic in nics:
+        if nic.kind != "network":
+            continue
+        net = client.lookup_network(nic.source)
+        for lease in client.network_leases(net) if net is not None else []:
+            if (lease.get("mac") or "").lower() == nic.mac and ":" not in (lease.get("ipaddr") or ":"):
+                expiries[nic.mac] = max(expiries.get(nic.mac, 0), int(lease.get("expirytime") or 0))
+    return expiries
+
+
+def _drop_stale_leases(client, nics, addresses):
+    """Keep only the newest IPv4 lease of a NIC that has several.
+
+    dnsmasq keeps a lease until it expires, so a MAC that got another address (a fixed IP declared later, a
+    server created again) shows its old address too, which nobody answers any more.
+    """
+    for nic in nics:
+        ipv4 = [a for a in addresses.get(nic.mac, []) if ":" not in a]
+        if nic.kind != "network" or len(ipv4) < 2:
+            continue
+        net = client.lookup_network(nic.source)
+        leases = [lease for lease in (client.network_leases(net) if net is not None else [])
+                  if (lease.get("mac") or "").lower() == nic.mac and ":" not in (lease.get("ipaddr") or ":")]
+        if not leases:
+            continue
+        newest = max(leases, key=lambda lease: int(lease.get("expirytime") or 0))["ipaddr"]
+        addresses[nic.mac] = [a for a in addresses[nic.mac] if ":" in a or a.split("/")[0] == newest]
+    return addresses
+
+
+def wait_until_ready(client, name, nics, timeout, leases_before=None):
+    """Wait until the server runs and every NIC on a libvirt network has an IPv4 address; returns the seconds.
+
+    With ``leases_before`` (lease_expiries() taken before the server was started) an address counts only once the
+    guest has asked for it again: dnsmasq keeps a lease for an hour, so a server started again, or created again
+    with the same name (and so the same MACs), would otherwise look ready the moment it starts.
+    """
     deadline = Deadline(timeout)
     dom = client.lookup_domain(name)
     wait_for(lambda: client.domain_state(dom) == "running", timeout, "%s to run" % name, deadline=deadline)
     dhcp_macs = [nic.mac for nic in nics if nic.kind == "network"]
 
     def has_addresses():
+        if leases_before is not None:
+            now = lease_expiries(client, nics)
+            return all(now.get(mac, 0) > leases_before.get(mac, 0) for mac in dhcp_macs)
         addresses = client.domain_addresses(dom)
         return all(any(":" not in a for a in addresses.get(mac, [])) for mac in dhcp_macs)
 
@@ -1044,6 +1137,9 @@ def converge_server(client, params, check_mode=False, diff_mode=False):
     """The ``server`` module's whole job: plan, execute (unless check mode), wait, and describe the result."""
     request = ServerRequest(params)
     plan = ServerPlanner(client, request).plan()
+    leases_before = None
+    if request.wait and not check_mode and plan.powers_on:
+        leases_before = lease_expiries(client, plan.nics)
     plan.execute(check_mode)
     result = {"changed": plan.changed, "actions": plan.actions, "warnings": list(plan.warnings)}
     if diff_mode:
@@ -1058,7 +1154,7 @@ def converge_server(client, params, check_mode=False, diff_mode=False):
         return result
     if request.wait and plan.after.get("state") == "running":
         result["waited"] = wait_until_ready(client, request.name, _nics_of(client, request.name),
-                                            request.wait_timeout)
+                                            request.wait_timeout, leases_before)
     result["server"] = server_view(read_server(client, request.name), hypervisor=client.hostname())
     return result
 

@@ -23,7 +23,10 @@ description:
   - A change of vCPUs, RAM or networks is applied to the definition and, if the server runs, by a graceful restart.
     A larger disk is grown in place, live if the server runs. A smaller disk is refused. Another image is refused
     unless O(allow_rebuild=true), which replaces the root disk.
-  - Deleting a server deletes its root disk, config drive, swap and ephemeral disks; never the base image.
+  - Deleting a server deletes its root disk, config drive, swap and ephemeral disks; never the base image, and
+    never the data volumes attached to it unless O(delete_volumes=true).
+  - Data volumes (see M(virtfleet.compute.volume)) are attached with O(volumes), live when the server runs
+    (hot-plug) and in its definition always.
 author:
   - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
@@ -51,7 +54,8 @@ options:
       - V(running), V(stopped) and V(paused) create the server if needed and bring it to that power state.
       - V(present) creates the server (defined, not started) if it does not exist and leaves the power state of an
         existing one alone.
-      - V(absent) powers the server off and deletes it with the volumes created for it.
+      - V(absent) powers the server off and deletes it with the volumes created for it (root, config drive, swap,
+        ephemeral). Attached data volumes stay unless O(delete_volumes=true).
       - V(stopped) asks the guest to shut down (ACPI power button) and powers it off after O(shutdown_timeout).
     type: str
     choices: [running, stopped, paused, present, absent]
@@ -167,6 +171,55 @@ options:
     type: str
     choices: [auto, kvm, qemu]
     default: auto
+  volumes:
+    description:
+      - Data volumes attached to the server, made by the M(virtfleet.compute.volume) module. The list is keyed by
+        volume, so its order means nothing and reordering it changes nothing.
+      - A volume not listed is detached; one newly listed is attached. When the server runs this is hot-plug
+        (the guest sees the disk appear or go) and the definition changes too; when it is off, only the definition.
+      - A running guest must acknowledge the unplug of a virtio disk (an OS with ACPI hot-plug does at once);
+        the module waits up to 60 seconds for it and fails otherwise.
+      - Each disk keeps its target (device name) while attached; new ones take the lowest free target from
+        C(vde) (virtio) or C(sda) (scsi), in the order of their names. Inside the guest, find a volume by its serial,
+        C(/dev/disk/by-id/virtio-<serial>) or C(/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_<serial>), not by its
+        kernel name.
+      - A volume is attached to one server at a time unless it was created with
+        O(virtfleet.compute.volume#module:shareable=true); attaching one that another server has is refused, naming
+        that server.
+      - Encrypted volumes are opened by QEMU with their libvirt secret; the guest sees plain data.
+      - Omitted, an existing server keeps its attachments; V([]) detaches them all.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Name of the volume.
+        type: str
+        required: true
+      pool:
+        description: Storage pool of the volume.
+        type: str
+        default: virtfleet-volumes
+      bus:
+        description: V(virtio) (virtio-blk) or V(scsi) (a disk on a virtio-scsi controller, added when needed).
+        type: str
+        choices: [virtio, scsi]
+        default: virtio
+      device:
+        description:
+          - Target name (C(vde), C(vdf), ... for virtio; C(sda), ... for scsi). Omitted, one is assigned and kept.
+          - C(vda) to C(vdd) belong to the server's own disks.
+        type: str
+      read_only:
+        description: Attach the volume read-only.
+        type: bool
+        default: false
+  delete_volumes:
+    description:
+      - With O(state=absent), delete the data volumes attached to the server too (their secrets and records as
+        well). Refused, before anything is deleted, when one of them is attached to another server as well.
+      - By default deleting a server leaves its data volumes intact, detached.
+    type: bool
+    default: false
   allow_rebuild:
     description:
       - Allow a change of O(image) on an existing server by rebuilding its root disk from the new image. Everything
@@ -184,6 +237,7 @@ notes:
 seealso:
   - module: virtfleet.compute.server_info
   - module: virtfleet.compute.image
+  - module: virtfleet.compute.volume
 """
 
 EXAMPLES = r"""
@@ -227,6 +281,26 @@ EXAMPLES = r"""
     user_data: |
       #cloud-config
       packages: [postgresql]
+
+- name: Attach two data volumes; the second read-only on the SCSI bus
+  virtfleet.compute.server:
+    name: db-1
+    volumes:
+      - name: db-data
+      - name: reference-data
+        bus: scsi
+        read_only: true
+
+- name: Detach every data volume (they stay in the volume pool)
+  virtfleet.compute.server:
+    name: db-1
+    volumes: []
+
+- name: Delete a server and the data volumes attached to it
+  virtfleet.compute.server:
+    name: scratch-1
+    state: absent
+    delete_volumes: true
 
 - name: Delete it and its disks (never the base image)
   virtfleet.compute.server:
@@ -290,6 +364,15 @@ server:
     volumes:
       description: Volumes created for the server by role (root, config, swap, ephemeral), as pool/name.
       type: dict
+    attachments:
+      description:
+        - Data volumes attached to the server, sorted by pool and name, each with C(name), C(pool), C(device),
+          C(bus), C(read_only) and C(serial) (find it in the guest at C(/dev/disk/by-id/virtio-<serial>)).
+      type: list
+      elements: dict
+      sample:
+        - {name: db-data, pool: virtfleet-volumes, device: vde, bus: virtio, read_only: false,
+           serial: 0b0b5d0e-1f52-4bd4-9}
     hypervisor:
       description: Host name of the hypervisor.
       type: str

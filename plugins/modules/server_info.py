@@ -13,7 +13,7 @@ short_description: List the servers virtfleet.compute manages on a libvirt host
 version_added: 0.1.0
 description:
   - Returns the managed servers of a host (all of them, or those named) with power state, flavor, image, NICs, IP
-    addresses, metadata and tags, read from libvirt.
+    addresses, metadata, tags and attached data volumes, read from libvirt.
   - Domains this collection did not create are not listed.
   - Never fails because a named server does not exist; it is just not in the list.
 author:
@@ -42,6 +42,7 @@ options:
     elements: str
 seealso:
   - module: virtfleet.compute.server
+  - module: virtfleet.compute.volume_info
 """
 
 EXAMPLES = r"""
@@ -83,6 +84,9 @@ servers:
       metadata: {role: web}
       tags: [production]
       flavor_drift: []
+      attachments:
+        - {name: web-data, pool: virtfleet-volumes, device: vde, bus: virtio, read_only: false,
+           serial: 0b0b5d0e-1f52-4bd4-9}
 """
 
 from ansible.module_utils.basic import AnsibleModule

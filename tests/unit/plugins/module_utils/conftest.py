@@ -71,6 +71,7 @@ class MemoryClient(LibvirtClient):
         self.contents = {}
         self.capacities = {}
         self.shutdowns = 0
+        self.starts = {}
         self.live_resizes = []
 
     def volume_info(self, vol):
@@ -143,6 +144,25 @@ class MemoryClient(LibvirtClient):
         # The test driver has no ACPI flag; its plain shutdown powers the domain off at once.
         self.shutdowns += 1
         self._call("shut down %s" % dom.name(), dom.shutdown)
+
+    def start_domain(self, dom, paused=False):
+        super(MemoryClient, self).start_domain(dom, paused=paused)
+        self.starts[dom.name()] = self.starts.get(dom.name(), 0) + 1
+
+    def network_leases(self, net):
+        # The test driver keeps no DHCP leases. Stand in for dnsmasq: every running domain's NIC on the network
+        # holds a lease, renewed (a later expiry) each time the domain starts, as a booting guest renews it.
+        leases = []
+        for dom in self.list_domains():
+            if not dom.isActive():
+                continue
+            root = ET.fromstring(self.domain_xml(dom, inactive=False))
+            for iface in root.findall("devices/interface"):
+                source = iface.find("source")
+                if source is not None and source.get("network") == net.name():
+                    leases.append({"mac": iface.find("mac").get("address").lower(), "ipaddr": "192.168.122.2",
+                                   "expirytime": 1000 + self.starts.get(dom.name(), 0), "type": 0})
+        return leases
 
 
 @pytest.fixture

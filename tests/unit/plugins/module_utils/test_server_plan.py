@@ -722,3 +722,26 @@ def test_claim_steps_wrap_the_definition_of_a_new_or_growing_server(client, base
     assert words.index("claim") < words.index("update") < words.index("verify")
     shrunk = converge_server(client, params(flavor=dict(FLAVOR, vcpus=1)), diff_mode=True)
     assert not any(a.split(" ")[0] in _CLAIM_VERBS for a in shrunk["actions"])
+
+
+def test_a_restarted_server_is_ready_only_once_its_guest_renewed_the_lease(client, base_image, monkeypatch):
+    """dnsmasq keeps a lease for an hour: after a restart the old lease must not pass for a guest that is up."""
+    from ansible_collections.virtfleet.compute.plugins.module_utils._errors import WaitTimeout
+
+    converge_server(client, params(wait=True, wait_timeout=5))
+    renewed = converge_server(client, params(wait=True, wait_timeout=5, flavor=dict(FLAVOR, vcpus=2)))
+    assert renewed["changed"] and "waited" in renewed
+
+    # A guest that comes up but never asks for its address again: the old lease alone must not make it ready.
+    monkeypatch.setattr(client, "starts", {}, raising=True)
+    original = client.start_domain
+
+    def start_without_renewal(dom, paused=False):
+        before = dict(client.starts)
+        original(dom, paused=paused)
+        client.starts.clear()
+        client.starts.update(before)
+
+    monkeypatch.setattr(client, "start_domain", start_without_renewal)
+    with pytest.raises(WaitTimeout):
+        converge_server(client, params(wait=True, wait_timeout=2, flavor=dict(FLAVOR, vcpus=1)))
