@@ -60,7 +60,7 @@ image: link
 lint: link
 	ruff check .
 	yamllint -s .
-	ansible-lint --profile production playbooks roles
+	ansible-lint --profile production playbooks roles inventory tests/integration/targets
 
 # ansible-test wants the collection at ansible_collections/<ns>/<name> as a real directory: test a copy.
 sanity: link
