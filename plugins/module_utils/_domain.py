@@ -18,6 +18,8 @@ __metaclass__ = type
 
 import hashlib
 import json
+import secrets
+import string
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ValidationError
@@ -337,7 +339,13 @@ def _skeleton(spec):
     ET.SubElement(channel, "target", {"type": "virtio", "name": "org.qemu.guest_agent.0"})
     if spec.graphics:
         # Loopback only: the console action hands out time-limited passwords; nothing listens on the outside.
-        ET.SubElement(devices, "graphics", {"type": "vnc", "autoport": "yes", "listen": "127.0.0.1"})
+        # Locked with a random password that expired at the epoch: QEMU accepts a password at run time only for a
+        # display started with password authentication, and server_action's console action hands out one-time
+        # passwords (passwdValidTo) on the running domain.
+        ET.SubElement(devices, "graphics", {
+            "type": "vnc", "autoport": "yes", "listen": "127.0.0.1",
+            "passwd": "".join(secrets.choice(string.ascii_letters + string.digits) for _char in range(8)),
+            "passwdValidTo": "1970-01-01T00:00:01"})
     # Under TCG a guest starved of entropy can stall for a minute generating its SSH host keys.
     rng = ET.SubElement(devices, "rng", {"model": "virtio"})
     ET.SubElement(rng, "backend", {"model": "random"}).text = "/dev/urandom"

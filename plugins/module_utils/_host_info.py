@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Nova's ``hypervisor-show`` computed through libvirt: capacity, usage, the host record, the hardware.
 
-The result is the host dict the scheduler (plugin_utils/_scheduler.py), claims (_claims.py) and the inventory
+The result is the host dict the scheduler (module_utils/_scheduler.py), claims (_claims.py) and the inventory
 plugin consume. Usage counts every domain on the host (DESIGN.md principle 2):
 
 * a managed server by its flavor snapshot (vCPUs and RAM as its definition has them, disk as its flavor has it:
@@ -95,7 +95,7 @@ class DomainUsage:
             "memory_mb": self.memory_mb,
             "disk_gb": self.disk_gb,
         }
-        for key in ("server_group", "availability_zone"):
+        for key in ("server_group", "server_group_policy", "availability_zone", "vm_state"):
             if self.extra.get(key):
                 entry[key] = self.extra[key]
         return entry
@@ -124,6 +124,11 @@ def domain_usage(client, dom, domain, active):
         if snapshot is not None:
             flavor.update(disk_gb=snapshot.disk_gb, ephemeral_gb=snapshot.ephemeral_gb, swap_mb=snapshot.swap_mb)
         res = _capacity.resources_from_flavor(flavor)
+        if domain.record.extra.get("vm_state") == "shelved" and not active:
+            # Nova's shelved server: powered off, its disks still on the host, its CPU and RAM claims released
+            # (server_action shelve). Unshelving claims them again.
+            res["vcpus"] = 0
+            res["memory_mb"] = 0
         return DomainUsage(domain.name, domain.uuid, True, active, res["vcpus"], res["memory_mb"], res["disk_gb"],
                            flavor=snapshot, extra=domain.record.extra)
     disk_bytes = 0

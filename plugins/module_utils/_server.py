@@ -53,7 +53,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Pla
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
 from ansible_collections.virtfleet.compute.plugins.module_utils._wait import Deadline, wait_for
 
-STATES = ("running", "stopped", "paused", "present", "absent")
+STATES = ("running", "stopped", "paused", "suspended", "shelved", "present", "absent")
 SERVER_GROUP_POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
 NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139")
 DEFAULT_IMAGE_POOL = "virtfleet-images"
@@ -91,7 +91,8 @@ _VENDOR_EPHEMERAL = (
 # takes the same options per item.
 SERVER_ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
-    state=dict(type="str", default="running", choices=["running", "stopped", "paused", "present", "absent"]),
+    state=dict(type="str", default="running",
+               choices=["running", "stopped", "paused", "suspended", "shelved", "present", "absent"]),
     flavor=dict(type="raw"),
     image=dict(type="str"),
     image_pool=dict(type="str", default="virtfleet-images"),
@@ -192,7 +193,8 @@ class ServerRequest:
             flavor=self.flavor, image={"pool": self.image_pool, "name": self.image}, nics=self.nics or [],
             metadata=self.metadata or {}, tags=self.tags or [], hostname=self.hostname or self.name,
             cloud_init=self._cloud_init(self.hostname or self.name),
-            facts=dict((k, v) for k, v in self.placement.items() if v))
+            facts=dict(((k, v) for k, v in self.placement.items() if v),
+                       **({"vm_state": "shelved"} if self.state == "shelved" else {})))
 
     def for_existing(self, domain):
         """The definition of an existing server: declared options, and the server's own values for the rest."""
@@ -251,7 +253,8 @@ class ActualServer:
 
     def __init__(self, client, dom):
         self.dom = dom
-        self.domain = Domain(client.domain_xml(dom, inactive=True))
+        # With its secrets (the VNC console's password): a redefinition starts from this XML and must keep them.
+        self.domain = Domain(client.domain_xml_secure(dom, inactive=True))
         self.libvirt_state = client.domain_state(dom)
         self.power = _POWER.get(self.libvirt_state, "stopped")
         if self.power == "stopped" and client.domain_has_managed_save(dom):
@@ -470,7 +473,7 @@ class ServerPlanner:
                                                              flavor.ram_mb), define, undo=undefine)
         if claim.needed:
             plan.add(claim.verify_label, claim.verify_and_release, undo=claim.release)
-        final = "stopped" if req.state == "present" else req.state
+        final = "stopped" if req.state in ("present", "shelved") else req.state
         plan.nics = definition.nics
         self._plan_power(plan, "stopped", final, lambda: holder["dom"], creating=True)
         plan.after = _predicted_view(definition, record, resolved["virt_type"], final)
@@ -496,6 +499,17 @@ class ServerPlanner:
         if definition.cloud_init is not None:
             drive_inputs = self._config_drive_inputs(domain.uuid, definition)
             drive_hash = _drive_hash(drive_inputs)
+        # Shelved is a fact of the record (server_action's vm_state), powered off: host_info then leaves the
+        # server's vCPUs and RAM out of the host's usage. Any other state than present unshelves it.
+        shelved = record.extra.get("vm_state") == "shelved"
+        if req.state == "shelved" and not shelved:
+            if record.extra.get("vm_state"):
+                raise ConflictError("%s is %s; finish that first (server_action)" % (req.name,
+                                                                                     record.extra["vm_state"]))
+            definition.facts = dict(definition.facts, vm_state="shelved", shelved_at=self.now)
+        elif req.state not in ("shelved", "present") and shelved:
+            definition.facts = dict((k, v) for k, v in definition.facts.items()
+                                    if k not in ("vm_state", "shelved_at"))
         new_hash = definition.hash(virt_type, drive_hash)
         new_record = self._record(definition, virt_type, drive_hash, dict(record.volumes), created=record.created,
                                   spec_hash_value=new_hash)
@@ -557,7 +571,10 @@ class ServerPlanner:
 
         current_flavor = _current_flavor(domain)
         claim = None
-        if grows(flavor, current_flavor):  # an unchanged or shrinking server costs no usage scan
+        if shelved and req.state not in ("shelved", "present"):
+            # An unshelve claims vCPUs and RAM again: host_info counts a shelved server's disks only.
+            claim = Claim(client, req.name, flavor, instance_pool=record.volumes["root"]["pool"])
+        elif grows(flavor, current_flavor):  # an unchanged or shrinking server costs no usage scan
             claim = Claim(client, req.name, flavor, old_flavor=current_flavor,
                           instance_pool=record.volumes["root"]["pool"])
         spec = DomainSpec(req.name, domain.uuid, virt_type, flavor, definition.nics, new_record.volumes, new_record,
@@ -573,7 +590,7 @@ class ServerPlanner:
             attachments = _attachments.plan_attachments(client, req.name, req.volumes, old_xml, live_xml)
 
         power = actual.power
-        target = power if req.state == "present" else req.state
+        target = power if req.state == "present" else "stopped" if req.state == "shelved" else req.state
         needs_offline = bool(offline_steps) or (restart and definition_changed)
         if needs_offline and power == "suspended":
             raise ConflictError(
@@ -667,6 +684,11 @@ class ServerPlanner:
             plan.add("pause %s" % name, lambda: client.suspend_domain(get_dom()))
         elif target == "stopped":
             self._plan_stop(plan, get_dom, current)
+        elif target == "suspended":
+            if current == "stopped":
+                # Nothing to save yet: the guest boots, and is saved as it runs (managed save).
+                plan.add("start %s" % name, lambda: client.start_domain(get_dom()), undo=undo)
+            plan.add("suspend %s to disk (managed save)" % name, lambda: client.managed_save(get_dom()))
 
     # -- helpers ----------------------------------------------------------------------------------------------------
 

@@ -57,8 +57,14 @@ options:
       - V(absent) powers the server off and deletes it with the volumes created for it (root, config drive, swap,
         ephemeral). Attached data volumes stay unless O(delete_volumes=true).
       - V(stopped) asks the guest to shut down (ACPI power button) and powers it off after O(shutdown_timeout).
+      - V(suspended) saves the guest's memory to disk and stops it (libvirt's managed save); V(running) resumes
+        it. A stopped server is started first, then saved.
+      - V(shelved) shuts the server down and marks it shelved in its metadata, Nova's shelve. Its disks stay on the
+        host but its vCPUs and RAM no longer count in the host's usage. Any state but V(present) unshelves it, with
+        a claim on the host. Offloading a shelved server (releasing the host entirely) is
+        M(virtfleet.compute.server_action)'s C(shelve_offload).
     type: str
-    choices: [running, stopped, paused, present, absent]
+    choices: [running, stopped, paused, suspended, shelved, present, absent]
     default: running
   flavor:
     description:

@@ -26,7 +26,7 @@ mnt="$work/mnt"
 loop=""
 cleanup() {
   if mountpoint -q "$mnt" 2>/dev/null; then umount "$mnt"; fi
-  [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
+  if [ -n "$loop" ]; then losetup -d "$loop" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -54,8 +54,8 @@ rm -f "$root/var/lib/dbus/machine-id"
 echo localhost > "$root/etc/hostname"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
 
-kernel=$(cd "$root/boot" && ls vmlinuz-* | sort -V | tail -n 1)
-initrd=$(cd "$root/boot" && ls initrd.img-* | sort -V | tail -n 1)
+kernel=$(find "$root/boot" -maxdepth 1 -name 'vmlinuz-*' -printf '%f\n' | sort -V | tail -n 1)
+initrd=$(find "$root/boot" -maxdepth 1 -name 'initrd.img-*' -printf '%f\n' | sort -V | tail -n 1)
 mkdir -p "$root/boot/extlinux"
 cat > "$root/boot/extlinux/extlinux.conf" <<CFG
 DEFAULT debian
@@ -70,7 +70,7 @@ CFG
 echo "==> making the disk"
 part_offset_mb=1
 part="$work/part.img"
-truncate -s $(( (size_mb - part_offset_mb) ))M "$part"
+truncate -s $(( size_mb - part_offset_mb ))M "$part"
 # syslinux 6.04 cannot read ext4's 64bit or metadata_csum_seed features.
 mkfs.ext4 -q -L cloudimg-rootfs -O ^64bit,^metadata_csum_seed -d "$root" "$part"
 mkdir -p "$mnt"

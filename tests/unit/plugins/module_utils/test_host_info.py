@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity
+from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity, _scheduler
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
     DomainSpec,
     ServerRecord,
@@ -36,7 +36,6 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._host_record imp
     read_host_record,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
-from ansible_collections.virtfleet.compute.plugins.plugin_utils import _scheduler
 
 GIB = 1024 ** 3
 

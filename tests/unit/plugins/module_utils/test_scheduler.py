@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity
-from ansible_collections.virtfleet.compute.plugins.plugin_utils import _scheduler as sched
-from ansible_collections.virtfleet.compute.plugins.plugin_utils._scheduler import (
+from ansible_collections.virtfleet.compute.plugins.module_utils import _scheduler as sched
+from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import (
     NoValidHost,
     Scheduler,
     SchedulerInputError,
