@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: virtfleet.compute contributors
 # GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Benchmark of the scheduler (plugins/plugin_utils/_scheduler.py) on synthetic fleets.
+"""Benchmark of the scheduler (plugins/module_utils/_scheduler.py) on synthetic fleets.
 
 Figures:
 
@@ -39,7 +39,7 @@ def _import_scheduler():
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(REPO_ROOT, link)
     sys.path.insert(0, base)
-    from ansible_collections.virtfleet.compute.plugins.plugin_utils import _scheduler
+    from ansible_collections.virtfleet.compute.plugins.module_utils import _scheduler
 
     return _scheduler
 
