@@ -33,7 +33,7 @@ import yaml
 from ansible_collections.virtfleet.compute.plugins.module_utils import _state_validation as sv
 from tests.conftest import COLLECTIONS_PATH, REPO_ROOT
 
-GUIDES = ("docs/declaring-servers.md", "docs/awx.md")
+GUIDES = ("docs/declaring-servers.md", "docs/awx.md", "docs/adding-hosts.md", "docs/maintenance.md")
 _BLOCK = re.compile(r"(?:<!-- check: (?P<marker>[^>]*?) -->\n)?```(?P<lang>\w*)\n(?P<body>.*?)```", re.S)
 SURVEY_TYPES = ("text", "textarea", "password", "integer", "float", "multiplechoice", "multiselect")
 
