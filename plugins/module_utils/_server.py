@@ -511,6 +511,12 @@ class ServerPlanner:
             definition.facts = dict((k, v) for k, v in definition.facts.items()
                                     if k not in ("vm_state", "shelved_at"))
         new_hash = definition.hash(virt_type, drive_hash)
+        pending = record.extra.get("vm_state")
+        if pending in ("resized", "rescued") and new_hash != record.spec_hash:
+            # The old definition is kept for revert_resize / unrescue; changing the server now would lose it.
+            raise ConflictError(
+                "%s is %s; finish that first with server_action (%s), then declare the change"
+                % (req.name, pending, "confirm_resize or revert_resize" if pending == "resized" else "unrescue"))
         new_record = self._record(definition, virt_type, drive_hash, dict(record.volumes), created=record.created,
                                   spec_hash_value=new_hash)
 
@@ -1155,12 +1161,16 @@ def _rebuild_root_step(client, pool, name, capacity, image):
     return run
 
 
-def converge_server(client, params, check_mode=False, diff_mode=False):
-    """The ``server`` module's whole job: plan, execute (unless check mode), wait, and describe the result."""
+def converge_server(client, params, check_mode=False, diff_mode=False, defer_wait=False):
+    """The ``server`` module's whole job: plan, execute (unless check mode), wait, and describe the result.
+
+    With ``defer_wait`` nothing is waited for; the result carries ``leases_before`` (for wait_until_ready) when the
+    run started the server, so a caller converging many servers can wait for all of them together.
+    """
     request = ServerRequest(params)
     plan = ServerPlanner(client, request).plan()
     leases_before = None
-    if request.wait and not check_mode and plan.powers_on:
+    if (request.wait or defer_wait) and not check_mode and plan.powers_on:
         leases_before = lease_expiries(client, plan.nics)
     plan.execute(check_mode)
     result = {"changed": plan.changed, "actions": plan.actions, "warnings": list(plan.warnings)}
@@ -1174,7 +1184,9 @@ def converge_server(client, params, check_mode=False, diff_mode=False):
         server.update(plan.after)
         result["server"] = server
         return result
-    if request.wait and plan.after.get("state") == "running":
+    if defer_wait:
+        result["leases_before"] = leases_before
+    elif request.wait and plan.after.get("state") == "running":
         result["waited"] = wait_until_ready(client, request.name, _nics_of(client, request.name),
                                             request.wait_timeout, leases_before)
     result["server"] = server_view(read_server(client, request.name), hypervisor=client.hostname())

@@ -188,7 +188,7 @@ def _converge_one(client, index, params, check_mode, pruned=False):
     """One server through converge_server(), never raising for the server's own failure."""
     item = {"name": params["name"], "index": index, "pruned": pruned, "state": params.get("state") or "running"}
     try:
-        out = converge_server(client, dict(params, wait=False), check_mode=check_mode, diff_mode=True)
+        out = converge_server(client, params, check_mode=check_mode, diff_mode=True, defer_wait=True)
     except (MissingLibraryError, HostUnavailableError):
         raise  # nothing else can work either
     except VirtfleetError as exc:
@@ -207,6 +207,8 @@ def _converge_one(client, index, params, check_mode, pruned=False):
         return item, None
     item.update(result=_classify(params, out), failed=False, changed=out["changed"], actions=out["actions"],
                 server=out.get("server") or {})
+    # Not part of the module's result: _wait_all needs it to tell a renewed DHCP lease from an old one.
+    item["_leases_before"] = out.get("leases_before")
     if out.get("warnings"):
         item["warnings"] = out["warnings"]
     return item, out.get("diff")
@@ -219,7 +221,8 @@ def _wait_all(client, pending, items):
         try:
             actual = read_server(client, item["name"])
             nics = actual.domain.managed_nics() if actual is not None else []
-            item["waited"] = wait_until_ready(client, item["name"], nics, max(deadline - time.monotonic(), 0.1))
+            item["waited"] = wait_until_ready(client, item["name"], nics, max(deadline - time.monotonic(), 0.1),
+                                              item.get("_leases_before"))
         except (MissingLibraryError, HostUnavailableError):
             raise
         except VirtfleetError as exc:
@@ -290,6 +293,8 @@ def converge_servers(client, params, check_mode=False, diff_mode=False):
                 if actual is not None and actual.managed:
                     item["server"] = server_view(actual, hypervisor=hypervisor)
 
+    for item in results:
+        item.pop("_leases_before", None)
     summary = dict((word, []) for word in RESULTS)
     for item in results:
         summary[item["result"]].append(item["name"])

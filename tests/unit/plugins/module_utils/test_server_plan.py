@@ -745,3 +745,35 @@ def test_a_restarted_server_is_ready_only_once_its_guest_renewed_the_lease(clien
     monkeypatch.setattr(client, "start_domain", start_without_renewal)
     with pytest.raises(WaitTimeout):
         converge_server(client, params(wait=True, wait_timeout=2, flavor=dict(FLAVOR, vcpus=1)))
+
+
+@pytest.mark.parametrize("pending", ["resized", "rescued"])
+def test_a_server_waiting_for_confirmation_refuses_declared_changes(client, base_image, pending):
+    """A resize waiting for confirm/revert (or a rescue) keeps the old definition; a declared change would lose it."""
+    from ansible_collections.virtfleet.compute.plugins.module_utils._domain import Domain, ServerRecord
+
+    converge_server(client, params())
+    dom = client.lookup_domain("web1")
+    root = ET.fromstring(client.domain_xml(dom))
+    metadata = root.find("metadata")
+    element = metadata[0]
+    record = ServerRecord.from_element(element)
+    record.extra["vm_state"] = pending
+    metadata.remove(element)
+    metadata.append(record.to_element())
+    # As server_action does: the spec hash covers the record's facts, so it is recomputed with the new state.
+    domain = Domain(ET.tostring(root, encoding="unicode"))
+    definition = ServerRequest(params()).for_existing(domain)
+    record.spec_hash = definition.hash(domain.virt_type, record.config_drive_hash)
+    metadata.remove(metadata[0])
+    metadata.append(record.to_element())
+    client.define_domain(ET.tostring(root, encoding="unicode"))
+    before = host_state(client)
+
+    with pytest.raises(ConflictError) as refused:
+        converge_server(client, params(flavor=dict(FLAVOR, vcpus=2)))
+    assert pending in str(refused.value)
+    assert host_state(client) == before
+    # Nothing declared differs: nothing to refuse.
+    assert not converge_server(client, params())["changed"]
+    assert Domain(client.domain_xml(dom)).record.extra["vm_state"] == pending
