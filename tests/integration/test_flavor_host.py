@@ -6,9 +6,6 @@ it; on the shared ``qemu:///system`` that would fail other runs going on at the 
 domains would make the figures unpredictable. The private host shares this machine's CPUs and memory, so "room for
 one server" is made with the host record's reserved_host_memory_mb, as a real operator would.
 """
-import os
-import subprocess
-import tempfile
 import threading
 import time
 import uuid as uuidlib
@@ -33,77 +30,14 @@ PREFIX = "vf-t3-"
 
 # -- a libvirtd of our own ------------------------------------------------------------------------------------------
 
-def _start_libvirtd(base):
-    """Start libvirtd + virtlogd in a private mount namespace under ``base``; returns the URI."""
-    for sub in ("run", "lib", "cache", "log"):
-        os.makedirs(os.path.join(base, sub))
-    etc = os.path.join(base, "etc")
-    subprocess.check_call(["cp", "-a", "/etc/libvirt", etc])
-    # A copy of the system's configuration without its domains, pools and networks: the default network would
-    # fight the real one for virbr0, and the real host's domains would count as usage here.
-    for sub in ("qemu", "qemu/autostart", "storage", "storage/autostart", "qemu/networks",
-                "qemu/networks/autostart", "secrets"):
-        directory = os.path.join(etc, sub)
-        if os.path.isdir(directory):
-            for entry in os.listdir(directory):
-                path = os.path.join(directory, entry)
-                if os.path.isfile(path) or os.path.islink(path):
-                    os.unlink(path)
-    with open(os.path.join(etc, "libvirtd.conf"), "a") as handle:
-        handle.write('\nhost_uuid = "%s"\n' % uuidlib.uuid4())
-    mounts = " && ".join("mount --bind %s/%s %s" % (base, src, dst) for src, dst in (
-        ("run", "/run/libvirt"), ("etc", "/etc/libvirt"), ("lib", "/var/lib/libvirt"),
-        ("cache", "/var/cache/libvirt"), ("log", "/var/log/libvirt")))
-    script = "%s && virtlogd -d -p /run/libvirt/virtlogd.pid && exec libvirtd -p /run/libvirt/libvirtd.pid" % mounts
-    log = open(os.path.join(base, "daemon.log"), "w")
-    subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-c", script],
-                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    socket = os.path.join(base, "run", "libvirt-sock")
-    deadline = time.monotonic() + 30
-    while not os.path.exists(socket):
-        if time.monotonic() > deadline:
-            raise AssertionError("the private libvirtd did not start: %s" % open(log.name).read())
-        time.sleep(0.1)
-    return "qemu+unix:///system?socket=%s" % socket
-
-
-def _stop_libvirtd(base):
-    pids = []
-    for name in ("libvirtd", "virtlogd"):
-        path = os.path.join(base, "run", name + ".pid")
-        if os.path.exists(path):
-            with open(path) as handle:
-                pids.append(int(handle.read().strip()))
-    for signal_number in (15, 9):
-        for pid in pids:
-            try:
-                os.kill(pid, signal_number)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not any(_alive(pid) for pid in pids):
-            break
-    # The namespace (and its bind mounts) went with its last process; only our own directory is left.
-    subprocess.call(["rm", "-rf", base])
-
-
-def _alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def private_uri():
-    base = tempfile.mkdtemp(prefix=PREFIX + "host-")
-    try:
-        yield _start_libvirtd(base)
-    finally:
-        _stop_libvirtd(base)
+    """A one-host lab (tests/lab): its own libvirtd, pools and network; the host record is reset per test."""
+    from tests.lab.conftest import running_lab
+    from tests.lab.lab import HostSpec
+
+    with running_lab([HostSpec(PREFIX + "host")], "flavor-host") as lab:
+        yield lab.uri(PREFIX + "host")
 
 
 @pytest.fixture(scope="module")
