@@ -367,50 +367,36 @@ class ActionRunner:
     # -- pause, suspend -------------------------------------------------------------------------------------------
 
     def _plan_pause(self, plan):
-        actual = self._server()
-        self._begin(plan, actual)
-        if actual.power == "paused":
-            return
-        if actual.power != "running":
-            raise ConflictError("only a running server can be paused; %s is %s" % (self.req.name, actual.power),
-                                field="action")
-        plan.add("pause %s" % self.req.name, lambda: self.client.suspend_domain(actual.dom))
-        plan.after["state"] = self.final_power = "paused"
+        self._plan_power_action(plan, "paused", ("running",), "paused", "pause %s",
+                                lambda client, dom: client.suspend_domain(dom))
 
     def _plan_unpause(self, plan):
-        actual = self._server()
-        self._begin(plan, actual)
-        if actual.power == "running":
-            return
-        if actual.power != "paused":
-            raise ConflictError("only a paused server can be unpaused; %s is %s" % (self.req.name, actual.power),
-                                field="action")
-        plan.add("unpause %s" % self.req.name, lambda: self.client.resume_domain(actual.dom))
-        plan.after["state"] = self.final_power = "running"
+        self._plan_power_action(plan, "running", ("paused",), "unpaused", "unpause %s",
+                                lambda client, dom: client.resume_domain(dom))
 
     def _plan_suspend(self, plan):
-        actual = self._server()
-        self._begin(plan, actual)
-        if actual.power == "suspended":
-            return
-        if actual.power not in ("running", "paused"):
-            raise ConflictError("only a running or paused server can be suspended; %s is %s"
-                                % (self.req.name, actual.power), field="action")
-        self._refuse(actual, (RESCUED,), "suspend")
-        plan.add("suspend %s to disk (managed save: memory saved, domain stopped)" % self.req.name,
-                 lambda: self.client.managed_save(actual.dom))
-        plan.after["state"] = self.final_power = "suspended"
+        self._plan_power_action(plan, "suspended", ("running", "paused"), "suspended",
+                                "suspend %s to disk (managed save: memory saved, domain stopped)",
+                                lambda client, dom: client.managed_save(dom), refuse=(RESCUED,))
 
     def _plan_resume(self, plan):
+        self._plan_power_action(plan, "running", ("suspended",), "resumed", "resume %s from its saved state",
+                                lambda client, dom: client.restore_domain(dom),
+                                hint=" (start it with the server module, or unpause it)")
+
+    def _plan_power_action(self, plan, done, allowed, verb, label, run, refuse=(), hint=""):
+        """A power action that is done already when the server is in ``done``, possible only from ``allowed``."""
         actual = self._server()
         self._begin(plan, actual)
-        if actual.power == "running":
+        if actual.power == done:
             return
-        if actual.power != "suspended":
-            raise ConflictError("only a suspended server can be resumed; %s is %s (start it with the server module, "
-                                "or unpause it)" % (self.req.name, actual.power), field="action")
-        plan.add("resume %s from its saved state" % self.req.name, lambda: self.client.restore_domain(actual.dom))
-        plan.after["state"] = self.final_power = "running"
+        if actual.power not in allowed:
+            raise ConflictError("only a %s server can be %s; %s is %s%s"
+                                % (" or ".join(allowed), verb, self.req.name, actual.power, hint), field="action")
+        if refuse:
+            self._refuse(actual, refuse, label.split(" ")[0])
+        plan.add(label % self.req.name, lambda: run(self.client, actual.dom))
+        plan.after["state"] = self.final_power = done
 
     # -- resize ---------------------------------------------------------------------------------------------------
 
