@@ -18,12 +18,15 @@ description:
     C(AggregateInstanceExtraSpecsFilter) (flavor extra specs C(aggregate_instance_extra_specs:KEY) against the
     metadata of the host's aggregates, with Nova's operators such as C(<in>), C(<or>), C(>=), C(s==)),
     C(TraitsFilter) (flavor extra specs C(trait:NAME=required|forbidden)), C(RamFilter), C(CoreFilter) and
-    C(DiskFilter) (capacity after allocation ratios and reservations), C(NumInstancesFilter),
+    C(DiskFilter) (capacity after allocation ratios and reservations), C(DedicatedCpuFilter) (a flavor with
+    C(hw:cpu_policy=dedicated) needs that many host CPUs no other dedicated server holds, never overcommitted;
+    placement's PCPU resource class), C(NumInstancesFilter),
     C(ServerGroupAntiAffinityFilter), C(ServerGroupAffinityFilter), C(SameHostFilter) and C(DifferentHostFilter)."
   - Capacity is placement's, per resource C(total - reserved) times C(allocation_ratio), and no server may be
     larger than its host's physical total. A flavor needs C(disk_gb + ephemeral_gb) GB of disk plus its swap,
     C(swap_mb / 1024) rounded up. Missing host fields default to Nova's values, CPU ratio 16.0, RAM ratio 1.5, disk
-    ratio 1.0, 512 MB reserved memory, everything else 0.
+    ratio 1.0, 512 MB reserved memory, everything else 0. Dedicated CPUs are C(vcpus - reserved_host_cpus) per
+    host, used C(pcpus_used) (as host_info reports it).
   - Weighers (RAM, vCPU and disk free after ratios, instance count, soft affinity and soft anti-affinity) are each
     normalized to 0..1 over the hosts that passed the filters, multiplied by their multiplier and summed. Positive
     RAM, vCPU and disk multipliers spread servers over the hosts, negative ones stack them.
@@ -82,6 +85,7 @@ options:
       - RamFilter
       - CoreFilter
       - DiskFilter
+      - DedicatedCpuFilter
       - NumInstancesFilter
       - ServerGroupAntiAffinityFilter
       - ServerGroupAffinityFilter
@@ -253,7 +257,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils import _schedule
 # Only these variables are read from each host: the rest of hostvars is never touched (nor templated).
 HOST_KEYS = (
     "name", "up", "enabled", "disabled_reason", "availability_zone", "aggregates", "traits",
-    "vcpus", "vcpus_used", "memory_mb", "memory_mb_used", "local_gb", "local_gb_used",
+    "vcpus", "vcpus_used", "memory_mb", "memory_mb_used", "local_gb", "local_gb_used", "pcpus_used",
     "cpu_allocation_ratio", "ram_allocation_ratio", "disk_allocation_ratio",
     "reserved_host_memory_mb", "reserved_host_cpus", "reserved_host_disk_mb",
     "servers", "running_vms",

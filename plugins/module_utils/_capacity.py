@@ -23,15 +23,20 @@ __metaclass__ = type
 
 import math
 
-RESOURCES = ("vcpus", "memory_mb", "disk_gb")
+# ``pcpus`` are host CPUs given to one server alone (flavor extra spec hw:cpu_policy=dedicated), placement's PCPU
+# resource class. This collection keeps no separate sets of shared and dedicated host CPUs (Nova's cpu_shared_set and
+# cpu_dedicated_set), so, as in Nova before those sets existed, a dedicated server takes its vCPUs from the shared vCPU
+# capacity (at the CPU allocation ratio) and as many host CPUs from the dedicated capacity (never overcommitted).
+RESOURCES = ("vcpus", "memory_mb", "disk_gb", "pcpus")
 
-UNITS = {"vcpus": "vCPUs", "memory_mb": "MB", "disk_gb": "GB"}
+UNITS = {"vcpus": "vCPUs", "memory_mb": "MB", "disk_gb": "GB", "pcpus": "dedicated CPUs"}
 
-# The host fields each resource is computed from: total, used, reserved, allocation ratio.
+# The host fields each resource is computed from: total, used, reserved, allocation ratio (None: never overcommitted).
 HOST_FIELDS = {
     "vcpus": ("vcpus", "vcpus_used", "reserved_host_cpus", "cpu_allocation_ratio"),
     "memory_mb": ("memory_mb", "memory_mb_used", "reserved_host_memory_mb", "ram_allocation_ratio"),
     "disk_gb": ("local_gb", "local_gb_used", "reserved_host_disk_mb", "disk_allocation_ratio"),
+    "pcpus": ("vcpus", "pcpus_used", "reserved_host_cpus", None),
 }
 
 # Nova's defaults (initial_*_allocation_ratio and reserved_host_memory_mb); every other number defaults to 0.
@@ -71,11 +76,18 @@ def _number(record, key, default, what):
     return value
 
 
+def is_dedicated(flavor):
+    """Whether a flavor dict pins its vCPUs to host CPUs of their own (hw:cpu_policy=dedicated)."""
+    specs = flavor.get("extra_specs") or {}
+    return hasattr(specs, "get") and str(specs.get("hw:cpu_policy", "")).strip() == "dedicated"
+
+
 def resources_from_flavor(flavor):
-    """The resources a server of ``flavor`` consumes: ``{"vcpus", "memory_mb", "disk_gb"}``.
+    """The resources a server of ``flavor`` consumes: ``{"vcpus", "memory_mb", "disk_gb", "pcpus"}``.
 
     Disk is ``disk_gb + ephemeral_gb + ceil(swap_mb / 1024)``: swap and ephemeral disks are local files on the host
     just like the root disk, and Nova's request to placement counts them the same way (swap rounded up to GiB).
+    ``pcpus`` is the vCPU count of a dedicated flavor, else 0.
     """
     what = "flavor %s" % flavor.get("name") if flavor.get("name") else "flavor"
     vcpus = _number(flavor, "vcpus", 0, what)
@@ -83,7 +95,8 @@ def resources_from_flavor(flavor):
     disk = _number(flavor, "disk_gb", 0, what)
     ephemeral = _number(flavor, "ephemeral_gb", 0, what)
     swap = _number(flavor, "swap_mb", 0, what)
-    return {"vcpus": vcpus, "memory_mb": ram, "disk_gb": disk + ephemeral + mb_to_ceil_gb(swap)}
+    return {"vcpus": vcpus, "memory_mb": ram, "disk_gb": disk + ephemeral + mb_to_ceil_gb(swap),
+            "pcpus": vcpus if is_dedicated(flavor) else 0}
 
 
 def sum_resources(requests):
@@ -111,7 +124,7 @@ def capacity(host):
         reserved = _number(host, reserved_key, DEFAULTS[reserved_key], what)
         if resource == "disk_gb":
             reserved = mb_to_ceil_gb(reserved)
-        ratio = float(_number(host, ratio_key, DEFAULTS[ratio_key], what))
+        ratio = float(_number(host, ratio_key, DEFAULTS[ratio_key], what)) if ratio_key else 1.0
         # A reservation larger than the host leaves nothing, not a negative capacity that would read as "free".
         cap = max(total - reserved, 0) * ratio
         result[resource] = {

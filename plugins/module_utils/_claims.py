@@ -52,6 +52,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     HostUnavailableError,
     LibvirtOperationError,
 )
+from ansible_collections.virtfleet.compute.plugins.module_utils._extra_specs import format_cpuset
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import INSTANCE_POOL, host_info
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RECORDS_POOL, RecordStore
 
@@ -62,8 +63,8 @@ LOCK_TIMEOUT = 180.0
 _LOCK_BYTES = 4096
 _POLL_FIRST = 0.05
 _POLL_MAX = 1.0
-_RESOURCE_LABELS = {"vcpus": "vCPUs", "memory_mb": "RAM", "disk_gb": "disk"}
-_AMOUNT_TEXT = {"vcpus": "%s vCPU", "memory_mb": "%s MB RAM", "disk_gb": "%s GB disk"}
+_RESOURCE_LABELS = {"vcpus": "vCPUs", "memory_mb": "RAM", "disk_gb": "disk", "pcpus": "dedicated CPUs"}
+_AMOUNT_TEXT = {"vcpus": "%s vCPU", "memory_mb": "%s MB RAM", "disk_gb": "%s GB disk", "pcpus": "%s dedicated CPU"}
 
 
 class RecordLock:
@@ -250,8 +251,17 @@ def grows(flavor, old_flavor):
 
 
 def verify_claim(client, server_name, resources, instance_pool=INSTANCE_POOL):
-    """After the definition: the host's usage, the server included, is within capacity for ``resources``."""
+    """After the definition: the host's usage, the server included, is within capacity for ``resources``, and the
+    host CPUs the server is pinned to (hw:cpu_policy=dedicated) are pinned by no other dedicated server."""
     host = host_info(client, details=False, instance_pool=instance_pool)
+    shared = shared_pins(host, server_name)
+    if shared:
+        raise CapacityError(
+            "the claim of server %s on host %s was verified after its definition and its dedicated CPUs %s are "
+            "pinned by %s too: another run chose them at the same time. This server is rolled back; run again to "
+            "retry (the next run pins it to CPUs that are free then)"
+            % (server_name, host["name"], format_cpuset(set().union(*shared.values())),
+               ", ".join(sorted(shared))), field="flavor", host=host["name"])
     caps = _capacity.capacity(host)
     over = [r for r in resources if caps[r]["used"] > caps[r]["capacity"]]
     if over:
@@ -329,10 +339,30 @@ def _flavor_dict(flavor):
     return flavor.to_dict() if hasattr(flavor, "to_dict") else dict(flavor)
 
 
+def shared_pins(host, server_name):
+    """``{other server: host CPUs it shares with server_name}`` among dedicated servers of a host dict; empty when
+    the server's pinned CPUs are its own."""
+    servers = host.get("servers") or []
+    mine = set()
+    for server in servers:
+        if server.get("name") == server_name:
+            mine = set(server.get("pinned_cpus") or ())
+    if not mine:
+        return {}
+    shared = {}
+    for server in servers:
+        if server.get("name") != server_name:
+            common = mine & set(server.get("pinned_cpus") or ())
+            if common:
+                shared[server["name"]] = common
+    return shared
+
+
 def _own_usage(host, server_name):
     for server in host.get("servers") or []:
         if server.get("name") == server_name:
-            return {"vcpus": server["vcpus"], "memory_mb": server["memory_mb"], "disk_gb": server["disk_gb"]}
+            return {"vcpus": server["vcpus"], "memory_mb": server["memory_mb"], "disk_gb": server["disk_gb"],
+                    "pcpus": server.get("pcpus", 0)}
     return None
 
 
@@ -341,7 +371,7 @@ def _without(host, usage):
         return host
     out = dict(host)
     for resource, (_total, used_key, _reserved, _ratio) in _capacity.HOST_FIELDS.items():
-        out[used_key] = max(host.get(used_key, 0) - usage[resource], 0)
+        out[used_key] = max(host.get(used_key, 0) - usage.get(resource, 0), 0)
     return out
 
 

@@ -23,7 +23,7 @@ import string
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ValidationError
-from ansible_collections.virtfleet.compute.plugins.module_utils._extra_specs import apply_extra_specs
+from ansible_collections.virtfleet.compute.plugins.module_utils._extra_specs import apply_extra_specs, current_pins
 from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import Flavor
 
 NAMESPACE = "http://virtfleet.io/xmlns/compute/1.0"
@@ -242,6 +242,11 @@ class Domain:
         self.record = ServerRecord.from_element(elem) if elem is not None else None
 
     @property
+    def pinned_cpus(self):
+        """The host CPUs the vCPUs are pinned to one by one (``<vcpupin>``), sorted; empty for a floating domain."""
+        return sorted(set(cpu for cpu in current_pins(self.tree) if cpu is not None))
+
+    @property
     def managed(self):
         return self.record is not None
 
@@ -263,8 +268,10 @@ class DomainSpec:
     """Everything needed to write a server's domain definition."""
 
     def __init__(self, name, uuid, virt_type, flavor, nics, volumes, record, machine=None, arch="x86_64",
-                 graphics=True, host_cpus=None):
-        self.host_cpus = host_cpus  # the host's CPU count, needed only for hw:cpu_policy=dedicated pinning
+                 graphics=True, host_cpus=None, taken_cpus=()):
+        # Needed only for hw:cpu_policy=dedicated: the host's CPU count and the CPUs other dedicated servers hold.
+        self.host_cpus = host_cpus
+        self.taken_cpus = taken_cpus
         self.name = name
         self.uuid = uuid
         self.virt_type = virt_type
@@ -305,7 +312,7 @@ def render_domain(spec, base_xml=None):
     devices = _ensure_child(root, "devices")
     _render_disks(devices, spec.volumes)
     _render_nics(devices, spec.nics)
-    apply_extra_specs(root, spec.flavor, host_cpus=spec.host_cpus)
+    apply_extra_specs(root, spec.flavor, host_cpus=spec.host_cpus, taken_cpus=spec.taken_cpus)
     return ET.tostring(root, encoding="unicode")
 
 

@@ -23,12 +23,14 @@ removes what it rendered, and a container (``cputune``, ``memoryBacking``, ``iot
 is removed too. New elements are inserted where libvirt itself writes them, so a definition libvirt reads back
 compares equal to the one rendered.
 
-Pinning (``hw:cpu_policy=dedicated``): vCPU ``i`` of a server goes to host CPU ``(start + i) % host_cpus``, where
-``start`` comes from a hash of the server's name. The same server on the same host always gets the same CPUs (so a
-second run is unchanged), and servers spread over the host's CPUs instead of all starting at CPU 0. The emulator
-threads are pinned to the same CPUs, as Nova does by default. Unlike Nova, no host-wide inventory of dedicated CPUs
-is kept: two dedicated servers may share a host CPU. The pinning guarantees that a server's vCPUs never float, not
-that no other server uses the same CPUs.
+Pinning (``hw:cpu_policy=dedicated``): each vCPU of a server gets a host CPU of its own, one that no other dedicated
+server on the host is pinned to (``taken_cpus``). A server that is already pinned keeps every pin that is still
+free, so a second run is unchanged and a resize moves as few vCPUs as possible; the others are taken in turn from
+a start that comes from a hash of the server's name, so servers spread over the host's CPUs instead of all starting
+at CPU 0. The emulator threads are pinned to the same CPUs, as Nova does by default. When too few CPUs are free the
+render fails with the numbers; the claim (``pcpus`` in _capacity) normally refuses such a server earlier.
+Servers without a dedicated policy are not pinned and may float over every host CPU, as they do in Nova when no
+``cpu_shared_set`` is configured: keep pinned and floating servers on different hosts (aggregates) when that matters.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -38,7 +40,7 @@ __metaclass__ = type
 import hashlib
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ValidationError
+from ansible_collections.virtfleet.compute.plugins.module_utils._errors import CapacityError, ValidationError
 from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import (
     DISK_QUOTA_KEYS,
     page_size_kib,
@@ -84,15 +86,16 @@ _AFTER_WATCHDOG = ("memballoon", "rng", "tpm", "shmem", "memory", "iommu", "vsoc
 _VIF_ATTRIBUTES = ("average", "peak", "burst")
 
 
-def apply_extra_specs(domain_root, flavor, host_cpus=None):
+def apply_extra_specs(domain_root, flavor, host_cpus=None, taken_cpus=()):
     """Render ``flavor.extra_specs`` into ``domain_root`` (an ElementTree ``<domain>``), in place.
 
-    ``host_cpus`` is the host's number of CPUs (``client.node_info()[2]``); it is needed only when the flavor asks
-    for ``hw:cpu_policy=dedicated``. Raises ValidationError when the flavor cannot be rendered on this host (more
-    dedicated vCPUs than host CPUs).
+    ``host_cpus`` is the host's number of CPUs (``client.node_info()[2]``) and ``taken_cpus`` the host CPUs other
+    dedicated servers are pinned to; both are needed only when the flavor asks for ``hw:cpu_policy=dedicated``.
+    Raises ValidationError when the flavor cannot be rendered on this host (more dedicated vCPUs than host CPUs) and
+    CapacityError when too few host CPUs are free of other dedicated servers.
     """
     specs = flavor.extra_specs or {}
-    _apply_cputune(domain_root, specs, flavor.vcpus, host_cpus)
+    _apply_cputune(domain_root, specs, flavor.vcpus, host_cpus, taken_cpus)
     _apply_memory_backing(domain_root, specs)
     devices = domain_root.find("devices")
     if devices is None:
@@ -103,11 +106,74 @@ def apply_extra_specs(domain_root, flavor, host_cpus=None):
     return domain_root
 
 
-def pinning(server_name, vcpus, host_cpus):
-    """The host CPU of each vCPU for hw:cpu_policy=dedicated: a list, index = vCPU number."""
+def apply_pinning(domain_root, flavor, host_cpus=None, taken_cpus=()):
+    """Pin a dedicated flavor's vCPUs again, for another host (a move): only ``<cputune>`` is rendered."""
+    _apply_cputune(domain_root, flavor.extra_specs or {}, flavor.vcpus, host_cpus, taken_cpus)
+    return domain_root
+
+
+def pinning(server_name, vcpus, host_cpus, taken_cpus=(), current=()):
+    """The host CPU of each vCPU for hw:cpu_policy=dedicated: a list, index = vCPU number.
+
+    ``current`` is the server's pinning now (host CPU per vCPU, None where a vCPU is not pinned to exactly one CPU):
+    every pin that is on the host and not in ``taken_cpus`` is kept. The other vCPUs take free CPUs in turn from a
+    start derived from the server's name. CapacityError when fewer than ``vcpus`` host CPUs are free.
+    """
+    taken = set(taken_cpus)
+    pins = [None] * vcpus
+    used = set()
+    for index, cpu in enumerate(list(current)[:vcpus]):
+        if cpu is not None and 0 <= cpu < host_cpus and cpu not in taken and cpu not in used:
+            pins[index] = cpu
+            used.add(cpu)
     digest = hashlib.sha256((server_name or "").encode("utf-8")).digest()
     start = int.from_bytes(digest[:4], "big") % host_cpus
-    return [(start + index) % host_cpus for index in range(vcpus)]
+    free = [cpu for cpu in ((start + offset) % host_cpus for offset in range(host_cpus))
+            if cpu not in taken and cpu not in used]
+    missing = [index for index, cpu in enumerate(pins) if cpu is None]
+    if len(missing) > len(free):
+        raise CapacityError(
+            "hw:cpu_policy=dedicated: %d vCPUs need a host CPU each that no other dedicated server is pinned to; the "
+            "host has %d CPUs and other dedicated servers are pinned to %d of them (%s)"
+            % (vcpus, host_cpus, len(taken & set(range(host_cpus))), format_cpuset(taken) or "none"),
+            field="flavor.extra_specs.hw:cpu_policy")
+    for index, cpu in zip(missing, free):
+        pins[index] = cpu
+    return pins
+
+
+def parse_cpuset(text):
+    """The CPUs of a libvirt cpuset (``0-3,^2,6``) as a set of ints; ValueError for text that is not one."""
+    cpus = set()
+    excluded = set()
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        target = cpus
+        if part.startswith("^"):
+            target, part = excluded, part[1:]
+        if "-" in part:
+            low, high = part.split("-", 1)
+            target.update(range(int(low), int(high) + 1))
+        else:
+            target.add(int(part))
+    return cpus - excluded
+
+
+def current_pins(domain_root):
+    """A domain's pinning: host CPU per vCPU (None for a vCPU not pinned to exactly one CPU), index = vCPU."""
+    pins = {}
+    for pin in domain_root.findall("cputune/vcpupin"):
+        try:
+            vcpu = int(pin.get("vcpu"))
+            cpus = parse_cpuset(pin.get("cpuset"))
+        except (TypeError, ValueError):
+            continue
+        pins[vcpu] = cpus.pop() if len(cpus) == 1 else None
+    if not pins:
+        return []
+    return [pins.get(index) for index in range(max(pins) + 1)]
 
 
 def format_cpuset(cpus):
@@ -126,7 +192,7 @@ def format_cpuset(cpus):
 
 # -- cputune ---------------------------------------------------------------------------------------------------------
 
-def _apply_cputune(root, specs, vcpus, host_cpus):
+def _apply_cputune(root, specs, vcpus, host_cpus, taken_cpus=()):
     wanted = {}
     for tag in ("shares", "period", "quota"):
         value = specs.get("quota:cpu_%s" % tag)
@@ -140,7 +206,7 @@ def _apply_cputune(root, specs, vcpus, host_cpus):
         if vcpus > host_cpus:
             raise ValidationError("dedicated: %d vCPUs cannot be pinned to distinct CPUs of a host with %d CPUs"
                                   % (vcpus, host_cpus), field=field)
-        pins = pinning(root.findtext("name"), vcpus, host_cpus)
+        pins = pinning(root.findtext("name"), vcpus, host_cpus, taken_cpus, current_pins(root))
 
     cputune = root.find("cputune")
     if cputune is None:

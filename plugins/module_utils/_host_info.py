@@ -61,16 +61,18 @@ CPU_TRAITS = {
 # What the scheduler reads from a host dict; a host that is down still has every one of them.
 SCHEDULER_KEYS = (
     "name", "up", "enabled", "disabled_reason", "availability_zone", "aggregates", "traits", "vcpus", "vcpus_used",
-    "memory_mb", "memory_mb_used", "local_gb", "local_gb_used") + RATIO_FIELDS + RESERVED_FIELDS + (
+    "memory_mb", "memory_mb_used", "local_gb", "local_gb_used", "pcpus_used") + RATIO_FIELDS + RESERVED_FIELDS + (
     "servers", "running_vms")
 
 
 class DomainUsage:
     """What one domain takes from its host, and (for a managed server) who it is."""
 
-    __slots__ = ("name", "uuid", "managed", "active", "vcpus", "memory_mb", "disk_gb", "flavor", "extra")
+    __slots__ = ("name", "uuid", "managed", "active", "vcpus", "memory_mb", "disk_gb", "flavor", "extra", "pcpus",
+                 "pinned_cpus")
 
-    def __init__(self, name, uuid, managed, active, vcpus, memory_mb, disk_gb, flavor=None, extra=None):
+    def __init__(self, name, uuid, managed, active, vcpus, memory_mb, disk_gb, flavor=None, extra=None, pcpus=0,
+                 pinned_cpus=()):
         self.name = name
         self.uuid = uuid
         self.managed = managed
@@ -80,9 +82,11 @@ class DomainUsage:
         self.disk_gb = disk_gb
         self.flavor = flavor  # the flavor snapshot (Flavor) of a managed server
         self.extra = extra or {}
+        self.pcpus = pcpus  # host CPUs claimed for hw:cpu_policy=dedicated
+        self.pinned_cpus = list(pinned_cpus)  # the host CPUs those are, as pinned in the definition
 
     def resources(self):
-        return {"vcpus": self.vcpus, "memory_mb": self.memory_mb, "disk_gb": self.disk_gb}
+        return {"vcpus": self.vcpus, "memory_mb": self.memory_mb, "disk_gb": self.disk_gb, "pcpus": self.pcpus}
 
     def server_entry(self):
         """A managed server as the host dict lists it (the scheduler reads name and server_group)."""
@@ -94,6 +98,8 @@ class DomainUsage:
             "vcpus": self.vcpus,
             "memory_mb": self.memory_mb,
             "disk_gb": self.disk_gb,
+            "pcpus": self.pcpus,
+            "pinned_cpus": self.pinned_cpus,
         }
         for key in ("server_group", "server_group_policy", "availability_zone", "vm_state"):
             if self.extra.get(key):
@@ -122,15 +128,18 @@ def domain_usage(client, dom, domain, active):
         snapshot = domain.record.flavor
         flavor = {"vcpus": domain.vcpus, "ram_mb": domain.ram_mb}
         if snapshot is not None:
-            flavor.update(disk_gb=snapshot.disk_gb, ephemeral_gb=snapshot.ephemeral_gb, swap_mb=snapshot.swap_mb)
+            flavor.update(disk_gb=snapshot.disk_gb, ephemeral_gb=snapshot.ephemeral_gb, swap_mb=snapshot.swap_mb,
+                          extra_specs=snapshot.extra_specs)
         res = _capacity.resources_from_flavor(flavor)
         if domain.record.extra.get("vm_state") == "shelved" and not active:
             # Nova's shelved server: powered off, its disks still on the host, its CPU and RAM claims released
-            # (server_action shelve). Unshelving claims them again.
+            # (server_action shelve). Unshelving claims them again. Its dedicated CPUs stay its own, so an unshelve
+            # never finds its pins taken.
             res["vcpus"] = 0
             res["memory_mb"] = 0
+        pinned = domain.pinned_cpus if res["pcpus"] else []
         return DomainUsage(domain.name, domain.uuid, True, active, res["vcpus"], res["memory_mb"], res["disk_gb"],
-                           flavor=snapshot, extra=domain.record.extra)
+                           flavor=snapshot, extra=domain.record.extra, pcpus=res["pcpus"], pinned_cpus=pinned)
     disk_bytes = 0
     for disk in domain.disks:
         # A CD-ROM or a read-only disk never grows; writable disks may fill up to their virtual size.
@@ -149,11 +158,17 @@ def down_host(name, uri, error):
         "enabled": True, "disabled_reason": None, "availability_zone": None, "aggregates": {}, "traits": [],
         "servers": [], "unmanaged_domains": [], "running_vms": 0,
     }
-    for key in ("vcpus", "vcpus_used", "memory_mb", "memory_mb_used", "local_gb", "local_gb_used"):
+    for key in ("vcpus", "vcpus_used", "memory_mb", "memory_mb_used", "local_gb", "local_gb_used", "pcpus_used"):
         host[key] = 0
+    host["pinned_cpus"] = []
     for key in RATIO_FIELDS + RESERVED_FIELDS:
         host[key] = _capacity.DEFAULTS[key]
     return host
+
+
+def taken_cpus(client, server_name):
+    """The host CPUs that dedicated servers other than ``server_name`` are pinned to: a set."""
+    return set(cpu for usage in scan_domains(client) if usage.name != server_name for cpu in usage.pinned_cpus)
 
 
 def host_info(client, name=None, instance_pool=INSTANCE_POOL, details=True):
@@ -190,6 +205,8 @@ def host_info(client, name=None, instance_pool=INSTANCE_POOL, details=True):
         "memory_mb_used": used["memory_mb"],
         "local_gb": pool["capacity_gb"],
         "local_gb_used": used["disk_gb"],
+        "pcpus_used": used["pcpus"],
+        "pinned_cpus": sorted(set(cpu for u in usages for cpu in u.pinned_cpus)),
         "disk_available_least": pool["available_gb"],
         "instance_pool": pool,
         "running_vms": sum(1 for u in usages if u.active),

@@ -69,6 +69,7 @@ ALL_FILTERS = (
     "RamFilter",
     "CoreFilter",
     "DiskFilter",
+    "DedicatedCpuFilter",
     "NumInstancesFilter",
     "ServerGroupAntiAffinityFilter",
     "ServerGroupAffinityFilter",
@@ -90,11 +91,14 @@ DEVIATIONS = (
     "Nova also matches unscoped keys, which collide with other uses of extra specs.",
     "TraitsFilter stands in for placement's required/forbidden traits (flavor extra specs trait:NAME=required|"
     "forbidden).",
+    "DedicatedCpuFilter stands in for placement's PCPU resource class: a flavor with hw:cpu_policy=dedicated needs "
+    "as many host CPUs that no other dedicated server holds. Without Nova's cpu_shared_set/cpu_dedicated_set split "
+    "such a server also counts its vCPUs in the shared vCPU capacity (CoreFilter), as Nova did before the split.",
 )
 
 _AGG_SCOPE = "aggregate_instance_extra_specs:"
 _TRAIT_SCOPE = "trait:"
-_RES_FILTERS = {"CoreFilter": 0, "RamFilter": 1, "DiskFilter": 2}
+_RES_FILTERS = {"CoreFilter": 0, "RamFilter": 1, "DiskFilter": 2, "DedicatedCpuFilter": 3}
 # Filters that depend on the individual server (its group, its hints) and whether they apply to a request at all.
 _SERVER_FILTERS = {
     "ServerGroupAntiAffinityFilter": lambda req: req.policy == "anti-affinity",
@@ -107,7 +111,7 @@ _STATIC_FILTERS = frozenset(
 # Weigher slots in the order their scores are summed; the order matters for bit-identical float totals.
 _W_RAM, _W_CPU, _W_DISK, _W_NINST = 1, 0, 2, 3
 _REGULAR_WEIGHERS = (_W_RAM, _W_CPU, _W_DISK, _W_NINST)
-_RESOURCE_NAMES = _capacity.RESOURCES  # index 0 vcpus, 1 memory_mb, 2 disk_gb
+_RESOURCE_NAMES = _capacity.RESOURCES  # index 0 vcpus, 1 memory_mb, 2 disk_gb, 3 pcpus (not weighed)
 _MESSAGE_HOST_LINES = 50
 
 
@@ -206,7 +210,7 @@ class Placement:
 class _Request:
     name: str
     flavor_name: str
-    res: tuple  # (vcpus, memory_mb, disk_gb)
+    res: tuple  # (vcpus, memory_mb, disk_gb, pcpus)
     az: str | None = None
     agg_specs: tuple = ()  # ((key, requirement), ...)
     required_traits: frozenset = frozenset()
@@ -358,7 +362,7 @@ def _parse_flavor(flavor: Any, field_: str):
                 raise SchedulerInputError("must be 'required' or 'forbidden'", "%s.extra_specs.%s" % (field_, key))
     return (
         str(flavor.get("name") or ""),
-        (res["vcpus"], res["memory_mb"], res["disk_gb"]),
+        (res["vcpus"], res["memory_mb"], res["disk_gb"], res["pcpus"]),
         tuple(sorted(agg)),
         frozenset(required),
         frozenset(forbidden),
@@ -496,9 +500,9 @@ class Scheduler:
             raise SchedulerInputError("must be a list of host records", "hosts")
         names, index = [], {}
         compute_reason, az, agg, traits = [], [], [], []
-        cap = ([], [], [])
-        maxu = ([], [], [])
-        used = ([], [], [])
+        cap = tuple([] for _ in _RESOURCE_NAMES)
+        maxu = tuple([] for _ in _RESOURCE_NAMES)
+        used = tuple([] for _ in _RESOURCE_NAMES)
         ninst = []
         loc: dict[str, int] = {}
         groups: dict[str, dict[int, int]] = {}
@@ -644,6 +648,9 @@ class Scheduler:
     def _disk_filter(self, idx: int, req: _Request) -> str | None:
         return self._resource_filter(2, idx, req)
 
+    def _dedicated_cpu_filter(self, idx: int, req: _Request) -> str | None:
+        return self._resource_filter(3, idx, req)
+
     def _num_instances_filter(self, idx: int, req: _Request) -> str | None:
         if self._ninst[idx] >= self.max_instances_per_host:
             return "host has %d servers, max_instances_per_host is %d" % (self._ninst[idx], self.max_instances_per_host)
@@ -690,6 +697,7 @@ class Scheduler:
         "RamFilter": _ram_filter,
         "CoreFilter": _core_filter,
         "DiskFilter": _disk_filter,
+        "DedicatedCpuFilter": _dedicated_cpu_filter,
         "NumInstancesFilter": _num_instances_filter,
         "ServerGroupAntiAffinityFilter": _anti_affinity_filter,
         "ServerGroupAffinityFilter": _affinity_filter,
@@ -1008,11 +1016,12 @@ class Scheduler:
     # -- placing -------------------------------------------------------------------------------------------------
 
     def _consume(self, idx: int, req: _Request):
-        for r in range(3):
+        for r in range(len(_RESOURCE_NAMES)):
             used = self._used[r][idx] + req.res[r]
             self._used[r][idx] = used
-            free = self._cap[r][idx] - used
-            self._xv[r][idx] = free if free > 0.0 else 0.0
+            if r < 3:  # the weighed resources: vCPU, RAM, disk
+                free = self._cap[r][idx] - used
+                self._xv[r][idx] = free if free > 0.0 else 0.0
         self._ninst[idx] += 1
         self._loc[req.name] = idx
         if req.group:
@@ -1049,8 +1058,9 @@ class Scheduler:
         return Placement(req.name, self._names[chosen], alternates, False, {})
 
     def _summary(self, req: _Request) -> str:
-        vcpus, ram, disk = (_capacity.format_amount(v) for v in req.res)
-        return " (flavor %s: %s vCPUs, %s MB RAM, %s GB disk)" % (req.flavor_name or "(unnamed)", vcpus, ram, disk)
+        vcpus, ram, disk, _pcpus = (_capacity.format_amount(v) for v in req.res)
+        return " (flavor %s: %s vCPUs%s, %s MB RAM, %s GB disk)" % (
+            req.flavor_name or "(unnamed)", vcpus, " dedicated" if req.res[3] else "", ram, disk)
 
     def place(self, server: Mapping[str, Any]) -> Placement:
         """Place one server (or report where it already is); raises :class:`NoValidHost`."""

@@ -48,6 +48,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._flavor_catalog 
     resolve_flavor,
     snapshot_differences,
 )
+from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import taken_cpus
 from ansible_collections.virtfleet.compute.plugins.module_utils._hypervisor import VIRT_TYPES, resolve_virt_type
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
@@ -416,7 +417,7 @@ class ServerPlanner:
         drive_hash = _drive_hash(drive_inputs)
         record = self._record(definition, resolved["virt_type"], drive_hash, volumes, created=self.now)
         xml = render_domain(DomainSpec(req.name, server_uuid, resolved["virt_type"], flavor, definition.nics,
-                                       volumes, record, host_cpus=_host_cpus(client, flavor)))
+                                       volumes, record, **cpu_pinning(client, flavor, req.name)))
 
         # A new server has its data volumes in its first definition: no hot-plug, and nothing to undo but the domain.
         attachments = None
@@ -584,7 +585,7 @@ class ServerPlanner:
             claim = Claim(client, req.name, flavor, old_flavor=current_flavor,
                           instance_pool=record.volumes["root"]["pool"])
         spec = DomainSpec(req.name, domain.uuid, virt_type, flavor, definition.nics, new_record.volumes, new_record,
-                          host_cpus=_host_cpus(client, flavor))
+                          **cpu_pinning(client, flavor, req.name))
         old_xml = ET.tostring(domain.tree, encoding="unicode")
         new_xml = render_domain(spec, base_xml=old_xml)
         definition_changed = canonical(new_xml) != canonical(old_xml)
@@ -975,11 +976,12 @@ def wait_until_ready(client, name, nics, timeout, leases_before=None):
     return round(deadline.elapsed(), 1)
 
 
-def _host_cpus(client, flavor):
-    """The host's CPU count when the flavor pins vCPUs (hw:cpu_policy=dedicated); no extra call otherwise."""
+def cpu_pinning(client, flavor, server_name):
+    """What DomainSpec needs to pin a dedicated flavor's vCPUs on this host (hw:cpu_policy=dedicated): the host's
+    CPU count and the CPUs other dedicated servers hold. Nothing is read for a flavor that does not pin."""
     if flavor.extra_specs.get("hw:cpu_policy") == "dedicated":
-        return client.node_info()[2]
-    return None
+        return {"host_cpus": client.node_info()[2], "taken_cpus": taken_cpus(client, server_name)}
+    return {}
 
 
 def _flavor(value):

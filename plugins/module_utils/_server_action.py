@@ -73,6 +73,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     VirtfleetError,
     WaitTimeout,
 )
+from ansible_collections.virtfleet.compute.plugins.module_utils._extra_specs import apply_pinning
 from ansible_collections.virtfleet.compute.plugins.module_utils._fixed_ip import (
     _reservation,
     plan_release,
@@ -99,11 +100,11 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._server import (
     _delete_volume_step,
     _drive_hash,
     _grow_step,
-    _host_cpus,
     _overlay_xml,
     _raw_xml,
     _rebuild_root_step,
     _size_text,
+    cpu_pinning,
     graceful_stop,
     read_server,
     server_view,
@@ -921,6 +922,7 @@ class ActionRunner:
         root = ET.fromstring(document["definition"])
         _replace_record(root, new_record)
         _lock_console(root)
+        apply_pinning(root, flavor, **cpu_pinning(dst, flavor, req.name))
         xml = ET.tostring(root, encoding="unicode")
         saved = document["saved"]
         steps = []
@@ -1114,6 +1116,10 @@ class ActionRunner:
                 copy_steps.extend(self._volume_move_steps(src, dst, role, ref, live, resolve_image))
         ip_steps, release_steps = self._fixed_ip_moves(src, dst, domain.managed_nics(), record.hostname)
         claim = Claim(dst, name, flavor, instance_pool=record.volumes["root"]["pool"])
+        # A dedicated server keeps the pins that are free on the target and takes free CPUs there for the others.
+        pinning = cpu_pinning(dst, flavor, name)
+        if pinning:
+            target_xml = ET.tostring(apply_pinning(ET.fromstring(target_xml), flavor, **pinning), encoding="unicode")
 
         was = actual.power
         if not live and was in ("running", "paused"):
@@ -1149,7 +1155,8 @@ class ActionRunner:
             plan.add("live-migrate %s to %s%s (timeout %d s)"
                      % (name, dst.uri, " copying its disks' top layers (non-shared storage)" if storage == "copy"
                         else " (shared storage)", req.migration_timeout),
-                     lambda: self._live_migrate(actual.dom, dst, target_xml, storage == "copy", migration))
+                     lambda: self._live_migrate(actual.dom, dst, target_xml, storage == "copy", migration,
+                                                flavor if pinning else None, pinning))
         plan.add("undefine %s on %s (releases its claim there)" % (name, src.uri),
                  self._best_effort(plan, lambda: _undefine_inactive(src, name, required=True)))
         if storage == "copy":
@@ -1326,13 +1333,17 @@ class ActionRunner:
                     releases.append((release[0] + " on %s" % src.uri, release[1], release[2]))
         return adds, releases
 
-    def _live_migrate(self, dom, dst, persist_xml, copy_storage, migration):
-        """Run the migration in a thread, sample its progress, abort it at the timeout."""
+    def _live_migrate(self, dom, dst, persist_xml, copy_storage, migration, pinned_flavor=None, pinning=None):
+        """Run the migration in a thread, sample its progress, abort it at the timeout. A dedicated server
+        (``pinned_flavor``) runs on the target with the pins chosen there (``pinning``), not the source's."""
         src = self.client
         req = self.req
         outcome = {}
 
         dest_xml = migration_dest_xml(src.domain_xml_migratable(dom), dst) if copy_storage else None
+        if pinned_flavor is not None:
+            root = ET.fromstring(dest_xml or src.domain_xml_migratable(dom))
+            dest_xml = ET.tostring(apply_pinning(root, pinned_flavor, **pinning), encoding="unicode")
 
         def worker():
             try:
@@ -1451,7 +1462,7 @@ class ActionRunner:
         record.volumes = volumes
         record.spec_hash = definition.hash(virt_type, record.config_drive_hash)
         xml = render_domain(DomainSpec(req.name, uuid, virt_type, flavor, nics, volumes, record,
-                                       host_cpus=_host_cpus(dst, flavor)))
+                                       **cpu_pinning(dst, flavor, req.name)))
         root = ET.fromstring(xml)
         _replace_record(root, record)
         _lock_console(root)
@@ -1561,7 +1572,7 @@ class ActionRunner:
         """The server's definition with ``flavor`` rendered the way the server module renders it."""
         domain = actual.domain
         spec = DomainSpec(self.req.name, domain.uuid, domain.virt_type, flavor, domain.managed_nics(), volumes,
-                          record, host_cpus=_host_cpus(self.client, flavor))
+                          record, **cpu_pinning(self.client, flavor, self.req.name))
         # render_domain renders the flavor's extra specs too, exactly as the server module does.
         root = ET.fromstring(render_domain(spec, base_xml=self._secure_xml(actual)))
         _replace_record(root, record)

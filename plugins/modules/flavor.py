@@ -72,8 +72,12 @@ options:
   extra_specs:
     description:
       - Extra specs (string keys and values). Given, they replace the flavor's extra specs entirely; omitted, kept.
-      - C(hw:cpu_policy) V(shared) or V(dedicated) (each vCPU pinned to its own host CPU, emulator threads to the
-        same CPUs).
+      - C(hw:cpu_policy) V(shared) or V(dedicated). Dedicated pins each vCPU to a host CPU that no other dedicated
+        server on the host holds (emulator threads to the same CPUs) and claims those host CPUs 1:1, never
+        overcommitted, on top of the vCPUs (see host_info's C(pcpus_used)). A server keeps its pins from run to run
+        and when resized; a move pins it again on the target. Servers without the policy are not pinned and may run
+        on any host CPU, as in Nova without C(cpu_shared_set): keep them apart from dedicated ones with aggregates
+        when that matters.
       - C(hw:mem_page_size) V(small), V(large) (the host's default huge pages), V(any) (rendered as small pages) or
         a size such as V(2048) (KiB), V(2MB), V(1GB).
       - C(hw:watchdog_action) V(disabled), V(reset), V(poweroff), V(pause) or V(none) (an i6300esb watchdog).

@@ -135,9 +135,20 @@ host:
       type: int
       sample: 8
     vcpus_used:
-      description: vCPUs of all domains.
+      description: vCPUs of all domains (a dedicated server's vCPUs included).
       type: int
       sample: 6
+    pcpus_used:
+      description:
+        - Host CPUs held by servers whose flavor has C(hw:cpu_policy=dedicated), one per vCPU; they are never
+          overcommitted (placement's PCPU resource class). A shelved server keeps its dedicated CPUs.
+      type: int
+      sample: 2
+    pinned_cpus:
+      description: The host CPUs dedicated servers are pinned to (the union of their C(pinned_cpus)).
+      type: list
+      elements: int
+      sample: [2, 3]
     memory_mb:
       description: Host memory in MiB.
       type: int
@@ -180,9 +191,11 @@ host:
       type: int
     capacity:
       description:
-        - Per resource (C(vcpus), C(memory_mb), C(disk_gb)) the total, reserved, allocation_ratio, capacity (after
-          reservation and ratio), used, free (capacity - used, negative when over) and max_unit (the largest single
-          server).
+        - Per resource (C(vcpus), C(memory_mb), C(disk_gb), C(pcpus)) the total, reserved, allocation_ratio,
+          capacity (after reservation and ratio), used, free (capacity - used, negative when over) and max_unit (the
+          largest single server).
+        - C(pcpus) are the host CPUs dedicated servers can have: the host's CPUs less C(reserved_host_cpus), at
+          ratio 1.0.
       type: dict
     running_vms:
       description: Running domains of any kind.
@@ -214,6 +227,13 @@ host:
         disk_gb:
           description: Disk it takes, in GiB.
           type: int
+        pcpus:
+          description: Host CPUs it holds alone (C(hw:cpu_policy=dedicated)), else 0.
+          type: int
+        pinned_cpus:
+          description: The host CPUs its vCPUs are pinned to, sorted (dedicated servers only; empty otherwise).
+          type: list
+          elements: int
         server_group:
           description: Its server group, when it has one.
           type: str

@@ -355,3 +355,38 @@ def test_two_creates_at_once_with_room_for_one(clean_host, private_uri, hold_loc
 
     info = host_info(clean_host, details=False)
     assert info["capacity"]["memory_mb"]["used"] <= info["capacity"]["memory_mb"]["capacity"]
+
+
+def test_dedicated_servers_get_host_cpus_of_their_own(clean_host, private_uri):
+    """As many one-vCPU dedicated servers as the host has CPUs for dedicated use, each pinned to a CPU of its own;
+    one more is refused with the numbers and leaves nothing; a second run changes nothing; a pinned guest starts."""
+    from ansible_collections.virtfleet.compute.plugins.module_utils._domain import Domain
+    from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import host_info
+
+    _catalog_flavor(clean_host, "vf-t3.pin", vcpus=1, ram_mb=64, disk_gb=1,
+                    extra_specs={"hw:cpu_policy": "dedicated"})
+    info = host_info(clean_host, details=False)
+    room = info["capacity"]["pcpus"]["capacity"]
+    assert room >= 1 and info["pcpus_used"] == 0
+    names = [PREFIX + "pin-%d" % index for index in range(int(room))]
+    for name in names:
+        run = _create(private_uri, name, "vf-t3.pin")
+        assert run.rc == 0, run
+    pins = [Domain(clean_host.domain_xml(clean_host.lookup_domain(name))).pinned_cpus for name in names]
+    assert all(len(p) == 1 for p in pins) and len(set(p[0] for p in pins)) == len(names), pins
+    info = host_info(clean_host, details=False)
+    assert info["pcpus_used"] == room and info["pinned_cpus"] == sorted(p[0] for p in pins)
+
+    before = _test_volumes(clean_host)
+    run = _create(private_uri, PREFIX + "pin-extra", "vf-t3.pin")
+    assert run.rc != 0, run
+    assert "dedicated CPUs: requested 1 dedicated CPUs, free 0 dedicated CPUs" in run.stdout, run
+    assert PREFIX + "pin-extra" not in _test_domains(clean_host) and _test_volumes(clean_host) == before
+
+    again = _create(private_uri, names[0], "vf-t3.pin")
+    assert again.rc == 0 and again.stats["localhost"]["changed"] == 0, again
+    # libvirt and QEMU accept the pins for a running guest (sched_setaffinity when there is no cgroup controller).
+    dom = clean_host.lookup_domain(names[0])
+    clean_host.start_domain(dom)
+    assert clean_host.domain_state(dom) == "running"
+    assert Domain(clean_host.domain_xml(dom)).pinned_cpus == pins[0]

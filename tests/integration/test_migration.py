@@ -208,6 +208,59 @@ def test_live_migration_to_the_scheduler_choice_respects_anti_affinity(clients):
             delete(clients, name)
 
 
+def _pins(client, name):
+    from ansible_collections.virtfleet.compute.plugins.module_utils._domain import Domain
+
+    return Domain(client.domain_xml(client.lookup_domain(name))).pinned_cpus
+
+
+def _name_pinned_to(cpu, host_cpus, prefix):
+    """A server name whose first choice of host CPU (from the hash of its name) is ``cpu``."""
+    from ansible_collections.virtfleet.compute.plugins.module_utils._extra_specs import pinning
+
+    return next(name for name in ("%s%d" % (prefix, i) for i in range(1000)) if pinning(name, 1, host_cpus)[0] == cpu)
+
+
+def test_a_moved_dedicated_server_is_pinned_again_on_its_target(clients):
+    """Cold and live migration re-pin a dedicated server to CPUs no dedicated server holds on the target."""
+    from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import host_info
+
+    pinned = dict(FLAVOR, name="t6.pinned", extra_specs={"hw:cpu_policy": "dedicated"})
+    host_cpus = clients["t6-2"].node_info()[2]
+    if host_cpus < 2:
+        pytest.fail("the lab hosts need 2 CPUs for this test (a pin held on the target and a free one)")
+    name = "vf-t6-pin"
+    holders = []
+    try:
+        create(clients["t6-1"], name, flavor=pinned)
+        (cpu,) = _pins(clients["t6-1"], name)
+        # On t6-2 another dedicated server holds that very CPU.
+        holders.append(_name_pinned_to(cpu, host_cpus, "vf-t6-hold-a"))
+        create(clients["t6-2"], holders[-1], flavor=pinned)
+        assert _pins(clients["t6-2"], holders[-1]) == [cpu]
+
+        moved = act(clients, "t6-1", name, "migrate", target_uri=clients["t6-2"].uri)
+        (cold_cpu,) = _pins(clients["t6-2"], name)
+        assert cold_cpu != cpu and moved["host"] == clients["t6-2"].uri
+        assert clients["t6-2"].domain_state(clients["t6-2"].lookup_domain(name)) == "running"
+        assert host_info(clients["t6-2"], details=False)["pinned_cpus"] == sorted([cpu, cold_cpu])
+
+        # Back to t6-1, live, where a dedicated server now holds the CPU the guest runs on.
+        holders.append(_name_pinned_to(cold_cpu, host_cpus, "vf-t6-hold-b"))
+        create(clients["t6-1"], holders[-1], flavor=pinned)
+        act(clients, "t6-2", name, "live_migrate", target_uri=clients["t6-1"].uri)
+        dom = clients["t6-1"].lookup_domain(name)
+        assert clients["t6-1"].domain_state(dom) == "running"
+        (live_cpu,) = _pins(clients["t6-1"], name)
+        assert live_cpu != cold_cpu
+        # The guest runs with those pins, not only its persistent definition.
+        live = ET.fromstring(clients["t6-1"].domain_xml(dom, inactive=False))
+        assert [p.get("cpuset") for p in live.findall("cputune/vcpupin")] == [str(live_cpu)]
+    finally:
+        for server in [name] + holders:
+            delete(clients, server)
+
+
 def _bridge(up):
     if up:
         subprocess.call(["ip", "link", "delete", BRIDGE], stderr=subprocess.DEVNULL)

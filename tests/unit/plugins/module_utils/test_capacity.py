@@ -68,16 +68,35 @@ def test_free_goes_negative_when_over_capacity():
 @pytest.mark.parametrize("swap_mb, disk", [(0, 20), (1, 21), (512, 21), (1024, 21), (1025, 22), (4096, 24)])
 def test_flavor_disk_counts_root_ephemeral_and_swap_rounded_up(swap_mb, disk):
     flavor = {"vcpus": 2, "ram_mb": 4096, "disk_gb": 15, "ephemeral_gb": 5, "swap_mb": swap_mb}
-    assert cap.resources_from_flavor(flavor) == {"vcpus": 2, "memory_mb": 4096, "disk_gb": disk}
+    assert cap.resources_from_flavor(flavor) == {"vcpus": 2, "memory_mb": 4096, "disk_gb": disk, "pcpus": 0}
 
 
 def test_flavor_optional_fields_default_to_zero():
-    assert cap.resources_from_flavor({"vcpus": 1, "ram_mb": 512}) == {"vcpus": 1, "memory_mb": 512, "disk_gb": 0}
+    assert cap.resources_from_flavor({"vcpus": 1, "ram_mb": 512}) == {"vcpus": 1, "memory_mb": 512, "disk_gb": 0,
+                                                                       "pcpus": 0}
+
+
+@pytest.mark.parametrize("specs, pcpus", [
+    ({"hw:cpu_policy": "dedicated"}, 3), ({"hw:cpu_policy": "shared"}, 0), ({}, 0), (None, 0),
+])
+def test_a_dedicated_flavor_also_takes_host_cpus(specs, pcpus):
+    res = cap.resources_from_flavor({"vcpus": 3, "ram_mb": 512, "extra_specs": specs})
+    assert res["vcpus"] == 3 and res["pcpus"] == pcpus
+
+
+def test_dedicated_cpus_are_never_overcommitted():
+    c = cap.capacity(dict(HOST, cpu_allocation_ratio=16.0, reserved_host_cpus=1, pcpus_used=2))
+    assert c["pcpus"]["allocation_ratio"] == 1.0
+    assert c["pcpus"]["capacity"] == HOST["vcpus"] - 1
+    assert c["pcpus"]["free"] == HOST["vcpus"] - 1 - 2
+    shortfalls = cap.check_fit(dict(HOST, pcpus_used=HOST["vcpus"]),
+                               {"vcpus": 1, "ram_mb": 512, "extra_specs": {"hw:cpu_policy": "dedicated"}})
+    assert [s["resource"] for s in shortfalls] == ["pcpus"]
 
 
 def test_sum_resources():
     total = cap.sum_resources([{"vcpus": 1, "memory_mb": 512, "disk_gb": 1}, {"vcpus": 2, "memory_mb": 1024}])
-    assert total == {"vcpus": 3, "memory_mb": 1536, "disk_gb": 1}
+    assert total == {"vcpus": 3, "memory_mb": 1536, "disk_gb": 1, "pcpus": 0}
 
 
 def test_fits():

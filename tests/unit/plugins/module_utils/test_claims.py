@@ -22,6 +22,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     HostUnavailableError,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import Flavor
+from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import taken_cpus
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_record import converge_host
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan, StepFailed
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RECORDS_POOL
@@ -267,6 +268,43 @@ def test_failed_verification_undefines_before_releasing_the_lock(fake):
 def test_verify_claim_passes_within_capacity(fake):
     fake.add_domain(managed_xml("web-1", ram_mb=2048))
     assert verify_claim(fake, "web-1", ["memory_mb"])["memory_mb_used"] == 2048
+
+
+DEDICATED = {"hw:cpu_policy": "dedicated"}
+
+
+def test_a_dedicated_claim_needs_host_cpus_no_other_dedicated_server_holds(fake):
+    # The fake host has 4 CPUs; the CPU allocation ratio (16) does not apply to dedicated CPUs.
+    fake.add_domain(managed_xml("pinned", vcpus=3, ram_mb=64, extra_specs=DEDICATED, host_cpus=4))
+    assert check_claim(fake, "web-1", flavor(vcpus=1, ram_mb=64, extra_specs=DEDICATED))["needed"] is True
+    with pytest.raises(CapacityError) as err:
+        check_claim(fake, "web-1", flavor(vcpus=2, ram_mb=64, extra_specs=DEDICATED))
+    assert ("dedicated CPUs: requested 2 dedicated CPUs, free 1 dedicated CPUs of capacity 4 dedicated CPUs "
+            "(used 3 dedicated CPUs)") in err.value.message
+    # Floating vCPUs of the same size still fit: they are overcommitted.
+    assert check_claim(fake, "web-1", flavor(vcpus=2, ram_mb=64))["needed"] is True
+
+
+def test_resizing_a_dedicated_server_claims_only_the_cpus_it_adds(fake):
+    fake.add_domain(managed_xml("web-1", vcpus=2, ram_mb=64, extra_specs=DEDICATED, host_cpus=4))
+    fake.add_domain(managed_xml("other", vcpus=1, ram_mb=64, extra_specs=DEDICATED, host_cpus=4,
+                                taken_cpus=taken_cpus(fake, "other")))
+    summary = check_claim(fake, "web-1", flavor(vcpus=3, ram_mb=64, extra_specs=DEDICATED))
+    assert summary["capacity"]["pcpus"] == {"requested": 3, "used": 1, "capacity": 4.0, "free": 3.0}
+    with pytest.raises(CapacityError):
+        check_claim(fake, "web-1", flavor(vcpus=4, ram_mb=64, extra_specs=DEDICATED))
+
+
+def test_verification_refuses_pins_another_dedicated_server_holds(fake):
+    # Two runs that chose their pins at the same time: the same host CPUs (host_cpus=4, no taken CPUs known).
+    fake.add_domain(managed_xml("web-1", vcpus=1, ram_mb=64, extra_specs=DEDICATED, host_cpus=4))
+    fake.add_domain(managed_xml("web-1b", vcpus=1, ram_mb=64, extra_specs=DEDICATED, host_cpus=4,
+                                taken_cpus=set(range(4)) - set(taken_cpus(fake, "web-1b"))))
+    with pytest.raises(CapacityError) as err:
+        verify_claim(fake, "web-1b", ["pcpus"])
+    cpu = next(iter(taken_cpus(fake, "web-1b")))
+    assert "its dedicated CPUs %d are pinned by web-1 too" % cpu in err.value.message
+    assert "run again" in err.value.message
 
 
 @pytest.mark.parametrize("claimants, room", [(2, 1), (6, 2), (8, 3)])

@@ -11,10 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import canonical
-from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ValidationError
+from ansible_collections.virtfleet.compute.plugins.module_utils._errors import CapacityError, ValidationError
 from ansible_collections.virtfleet.compute.plugins.module_utils._extra_specs import (
     apply_extra_specs,
+    apply_pinning,
+    current_pins,
     format_cpuset,
+    parse_cpuset,
     pinning,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import Flavor, validate_extra_specs
@@ -84,9 +87,9 @@ def flavor(specs, vcpus=2):
     return Flavor(vcpus=vcpus, ram_mb=1024, disk_gb=10, swap_mb=512, extra_specs=validate_extra_specs(specs))
 
 
-def render(specs, xml=LIBVIRT_XML, host_cpus=4, vcpus=2):
+def render(specs, xml=LIBVIRT_XML, host_cpus=4, vcpus=2, taken_cpus=()):
     root = ET.fromstring(xml)
-    apply_extra_specs(root, flavor(specs, vcpus), host_cpus=host_cpus)
+    apply_extra_specs(root, flavor(specs, vcpus), host_cpus=host_cpus, taken_cpus=taken_cpus)
     return root
 
 
@@ -118,6 +121,107 @@ def test_pinning_is_deterministic_and_spreads_by_name():
     assert pinning("a", 2, 8) == pinning("a", 2, 8)
     starts = set(pinning("server-%d" % i, 1, 8)[0] for i in range(40))
     assert len(starts) > 4  # not every server starts on CPU 0
+
+
+DEDICATED = {"hw:cpu_policy": "dedicated"}
+
+
+def test_dedicated_servers_get_host_cpus_no_other_dedicated_server_holds():
+    for taken in ({0}, {1, 2}, {0, 1, 3}, {5, 6, 7}):
+        pins = pinning("web-1", 1 if len(taken) == 3 else 2, 4, taken_cpus=taken)
+        assert not set(pins) & taken and len(set(pins)) == len(pins) and all(0 <= cpu < 4 for cpu in pins)
+
+
+def test_too_few_free_host_cpus_is_a_capacity_error_with_the_numbers():
+    with pytest.raises(CapacityError) as err:
+        render(DEDICATED, host_cpus=4, vcpus=2, taken_cpus={0, 1, 3})
+    assert err.value.field == "flavor.extra_specs.hw:cpu_policy"
+    assert "2 vCPUs need a host CPU each" in err.value.message
+    assert "the host has 4 CPUs and other dedicated servers are pinned to 3 of them (0-1,3)" in err.value.message
+
+
+def test_a_pinned_server_keeps_its_free_pins_and_moves_only_the_taken_ones():
+    first = render(DEDICATED, host_cpus=8, vcpus=3)
+    pins = current_pins(first)
+    again = render(DEDICATED, xml=ET.tostring(first, encoding="unicode"), host_cpus=8, vcpus=3,
+                   taken_cpus=set(range(8)) - set(pins))  # every other CPU taken meanwhile: nothing moves
+    assert current_pins(again) == pins
+    moved = render(DEDICATED, xml=ET.tostring(first, encoding="unicode"), host_cpus=8, vcpus=3,
+                   taken_cpus={pins[1]})
+    after = current_pins(moved)
+    assert after[0] == pins[0] and after[2] == pins[2] and after[1] not in pins
+    assert moved.find("cputune/emulatorpin").get("cpuset") == format_cpuset(after)
+
+
+def test_a_resize_keeps_the_pins_it_had_and_adds_free_ones():
+    small = render(DEDICATED, host_cpus=8, vcpus=2)
+    large = render(DEDICATED, xml=ET.tostring(small, encoding="unicode"), host_cpus=8, vcpus=4, taken_cpus={7})
+    assert current_pins(large)[:2] == current_pins(small)
+    assert 7 not in current_pins(large) and len(set(current_pins(large))) == 4
+    shrunk = render(DEDICATED, xml=ET.tostring(large, encoding="unicode"), host_cpus=8, vcpus=1)
+    assert current_pins(shrunk) == current_pins(small)[:1]
+
+
+def test_apply_pinning_renders_only_the_pins_for_another_host():
+    source = render(dict(DEDICATED, **{"hw:watchdog_action": "reset"}), host_cpus=8, vcpus=2)
+
+    def without_cputune(root):
+        root = copy.deepcopy(root)
+        root.remove(root.find("cputune"))
+        return canonical(ET.tostring(root, encoding="unicode"))
+
+    pins = current_pins(source)
+    # A target where the first pin is free and the second is held by another dedicated server.
+    target = copy.deepcopy(source)
+    apply_pinning(target, flavor(DEDICATED, 2), host_cpus=8, taken_cpus={pins[1]})
+    moved = current_pins(target)
+    assert moved[0] == pins[0] and moved[1] not in (pins[1], pins[0])
+    assert without_cputune(target) == without_cputune(source)  # nothing but the pins changed
+    # A smaller target: every pin lands on a CPU it has.
+    small = copy.deepcopy(source)
+    apply_pinning(small, flavor(DEDICATED, 2), host_cpus=2)
+    assert sorted(current_pins(small)) == [0, 1]
+    # A target where all pins are free changes nothing.
+    same = copy.deepcopy(source)
+    apply_pinning(same, flavor(DEDICATED, 2), host_cpus=8, taken_cpus=set(range(8)) - set(pins))
+    assert canonical(ET.tostring(same, encoding="unicode")) == canonical(ET.tostring(source, encoding="unicode"))
+
+
+@pytest.mark.parametrize("text, cpus", [
+    ("3", {3}), ("0-3", {0, 1, 2, 3}), ("0-3,^2", {0, 1, 3}), ("0,5-6", {0, 5, 6}), ("", set()),
+])
+def test_parse_cpuset(text, cpus):
+    assert parse_cpuset(text) == cpus
+    if cpus:
+        assert parse_cpuset(format_cpuset(cpus)) == cpus
+
+
+def test_current_pins_reads_libvirts_vcpupin():
+    root = ET.fromstring("<domain><cputune><vcpupin vcpu='1' cpuset='5'/><vcpupin vcpu='0' cpuset='2'/>"
+                         "<vcpupin vcpu='2' cpuset='0-1'/></cputune></domain>")
+    assert current_pins(root) == [2, 5, None]
+    assert current_pins(ET.fromstring("<domain/>")) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(host_cpus=st.integers(1, 16), data=st.data())
+def test_property_pins_are_distinct_free_and_keep_what_they_can(host_cpus, data):
+    vcpus = data.draw(st.integers(1, host_cpus))
+    taken = set(data.draw(st.lists(st.integers(0, host_cpus + 2), max_size=host_cpus)))
+    current = data.draw(st.lists(st.one_of(st.none(), st.integers(0, host_cpus + 2)), max_size=vcpus + 2))
+    free = set(range(host_cpus)) - taken
+    if len(free) < vcpus:
+        with pytest.raises(CapacityError):
+            pinning("s", vcpus, host_cpus, taken, current)
+        return
+    pins = pinning("s", vcpus, host_cpus, taken, current)
+    assert len(pins) == vcpus and len(set(pins)) == vcpus and set(pins) <= free
+    kept = set()
+    for index, cpu in enumerate(current[:vcpus]):
+        if cpu in free and cpu not in kept:
+            assert pins[index] == cpu
+            kept.add(cpu)
+    assert pinning("s", vcpus, host_cpus, taken, pins) == pins  # a second run is unchanged
 
 
 def test_shared_policy_pins_nothing():

@@ -29,6 +29,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import F
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import (
     SCHEDULER_KEYS,
     host_info,
+    taken_cpus,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_record import (
     DEFAULTS,
@@ -252,7 +253,7 @@ CAPABILITIES = """<capabilities><host><uuid>11111111-2222-3333-4444-555555555555
 
 
 def managed_xml(name, vcpus=1, ram_mb=512, disk_gb=10, swap_mb=0, ephemeral_gb=0, flavor_name="m1.small",
-                extra=None, extra_specs=None):
+                extra=None, extra_specs=None, host_cpus=None, taken_cpus=()):
     flavor = Flavor(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb, swap_mb=swap_mb, ephemeral_gb=ephemeral_gb,
                     name=flavor_name, extra_specs=extra_specs)
     record = ServerRecord(created="2026-01-01T00:00:00Z", spec_hash="x", flavor=flavor,
@@ -260,7 +261,8 @@ def managed_xml(name, vcpus=1, ram_mb=512, disk_gb=10, swap_mb=0, ephemeral_gb=0
                           volumes={"root": {"pool": "virtfleet-instances", "name": "%s-root-1.qcow2" % name}},
                           extra=extra)
     spec = DomainSpec(name, str(uuidlib.uuid4()), "qemu", flavor, [],
-                      {"root": {"pool": "virtfleet-instances", "name": "%s-root-1.qcow2" % name}}, record)
+                      {"root": {"pool": "virtfleet-instances", "name": "%s-root-1.qcow2" % name}}, record,
+                      host_cpus=host_cpus, taken_cpus=taken_cpus)
     return render_domain(spec)
 
 
@@ -308,6 +310,28 @@ def test_managed_servers_count_their_flavor_snapshot(fake):
     assert "server_group" not in host["servers"][0]
     assert host["servers"][0]["flavor"] == "m1.small"
     assert host["unmanaged_domains"] == []
+
+
+def test_dedicated_servers_take_host_cpus_and_list_their_pins(fake):
+    fake.add_domain(managed_xml("pinned", vcpus=2, extra_specs={"hw:cpu_policy": "dedicated"}, host_cpus=4),
+                    active=True)
+    fake.add_domain(managed_xml("floating", vcpus=3))
+    fake.add_domain(unmanaged_xml("legacy", vcpus=1), disk_capacity={"vda": 0})
+    host = host_info(fake)
+    pinned = next(s for s in host["servers"] if s["name"] == "pinned")
+    assert host["vcpus_used"] == 2 + 3 + 1  # dedicated vCPUs still count in the shared vCPU capacity
+    assert host["pcpus_used"] == 2 and pinned["pcpus"] == 2
+    assert len(pinned["pinned_cpus"]) == 2 and host["pinned_cpus"] == pinned["pinned_cpus"]
+    assert host["capacity"]["pcpus"]["free"] == 4 - 2
+    assert taken_cpus(fake, "other") == set(pinned["pinned_cpus"]) and taken_cpus(fake, "pinned") == set()
+
+
+def test_a_shelved_dedicated_server_keeps_its_host_cpus(fake):
+    fake.add_domain(managed_xml("shelved", vcpus=2, extra_specs={"hw:cpu_policy": "dedicated"}, host_cpus=4,
+                                extra={"vm_state": "shelved"}))
+    host = host_info(fake)
+    assert host["vcpus_used"] == 0 and host["memory_mb_used"] == 0
+    assert host["pcpus_used"] == 2 and len(host["pinned_cpus"]) == 2
 
 
 def test_unmanaged_domains_count_their_actual_allocation(fake):

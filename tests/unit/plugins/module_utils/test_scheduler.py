@@ -175,6 +175,44 @@ def test_ram_filter_error_text_has_the_numbers():
     assert why == {"h2": "RamFilter: requested 4096 MB, free 1024 MB of capacity 23808 MB (used 22784 MB)"}
 
 
+DEDICATED = {"hw:cpu_policy": "dedicated"}
+
+
+def test_dedicated_cpu_filter_counts_host_cpus_one_to_one():
+    # 4 host CPUs, 3 pinned: a 2-vCPU dedicated server does not fit, however generous the CPU allocation ratio.
+    hosts = [host("h1", vcpus=4, pcpus_used=3, cpu_allocation_ratio=16.0)]
+    why = reasons_for([server("s", flavor=flavor(vcpus=2, extra_specs=DEDICATED))], hosts)
+    assert why == {"h1": "DedicatedCpuFilter: requested 2 dedicated CPUs, free 1 dedicated CPUs of capacity 4 "
+                         "dedicated CPUs (used 3 dedicated CPUs)"}
+    # The same size floating fits: shared vCPUs are overcommitted, dedicated ones never.
+    assert hosts_of(schedule([server("s", flavor=flavor(vcpus=2))], hosts)) == ["h1"]
+
+
+def test_dedicated_cpu_filter_respects_reserved_host_cpus():
+    hosts = [host("h1", vcpus=4, reserved_host_cpus=2)]
+    assert hosts_of(schedule([server("s", flavor=flavor(vcpus=2, extra_specs=DEDICATED))], hosts)) == ["h1"]
+    reasons = reasons_for([server("s", flavor=flavor(vcpus=3, extra_specs=DEDICATED))], hosts)
+    assert reasons["h1"].startswith("DedicatedCpuFilter: requested 3 dedicated CPUs, free 2")
+
+
+def test_a_batch_of_dedicated_servers_consumes_host_cpus():
+    hosts = [host("h1", vcpus=4), host("h2", vcpus=4)]
+    batch = [server("d%d" % i, flavor=flavor(vcpus=2, extra_specs=DEDICATED)) for i in range(4)]
+    placed = schedule(batch, hosts)
+    assert sorted(hosts_of(placed)) == ["h1", "h1", "h2", "h2"]
+    with pytest.raises(NoValidHost) as info:
+        schedule(batch + [server("d4", flavor=flavor(vcpus=1, extra_specs=DEDICATED))], hosts)
+    assert info.value.server == "d4"
+    assert all(why.startswith("DedicatedCpuFilter") for why in info.value.reasons.values())
+
+
+def test_dedicated_cpu_filter_can_be_left_out():
+    hosts = [host("h1", vcpus=2, pcpus_used=2)]
+    request = [server("s", flavor=flavor(vcpus=1, extra_specs=DEDICATED))]
+    filters = [f for f in sched.DEFAULT_FILTERS if f != "DedicatedCpuFilter"]
+    assert hosts_of(schedule(request, hosts, enabled_filters=filters)) == ["h1"]
+
+
 def test_no_valid_host_message_names_every_host_and_filter():
     hosts = [host("h1", enabled=False, disabled_reason="maintenance"),
              host("h2", memory_mb=16384, memory_mb_used=22784),
@@ -644,7 +682,7 @@ def fleets(draw):
             "up": draw(st.booleans()) or draw(st.booleans()) or draw(st.booleans()),
             "availability_zone": draw(st.sampled_from([None, "az1", "az2"])),
             "aggregates": draw(st.sampled_from([{}, {"a": {"disk": "ssd"}}, {"a": {"disk": "hdd,ssd"}}])),
-            "vcpus": vcpus, "vcpus_used": draw(st.integers(0, vcpus * 2)),
+            "vcpus": vcpus, "vcpus_used": draw(st.integers(0, vcpus * 2)), "pcpus_used": draw(st.integers(0, vcpus)),
             "memory_mb": memory, "memory_mb_used": draw(st.integers(0, memory)),
             "local_gb": disk, "local_gb_used": draw(st.integers(0, disk)),
             "cpu_allocation_ratio": draw(st.sampled_from([1.0, 2.0, 16.0])),
@@ -670,7 +708,8 @@ def batches(draw):
         request = {"name": "s%d" % i, "flavor": {
             "name": "f", "vcpus": draw(st.integers(0, 4)), "ram_mb": draw(st.sampled_from([0, 512, 1024, 2048, 4096])),
             "disk_gb": draw(st.sampled_from([0, 5, 10, 30])), "swap_mb": draw(st.sampled_from([0, 100])),
-            "extra_specs": draw(st.sampled_from([{}, {"aggregate_instance_extra_specs:disk": "ssd"}]))}}
+            "extra_specs": draw(st.sampled_from([{}, {"aggregate_instance_extra_specs:disk": "ssd"},
+                                                 {"hw:cpu_policy": "dedicated"}]))}}
         group = draw(st.sampled_from([None, "g0", "g1", "g2"]))
         if group:
             request["server_group"] = {"name": group, "policy": policies[group]}
