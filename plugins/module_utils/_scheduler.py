@@ -500,9 +500,9 @@ class Scheduler:
             raise SchedulerInputError("must be a list of host records", "hosts")
         names, index = [], {}
         compute_reason, az, agg, traits = [], [], [], []
-        cap = tuple([] for _ in _RESOURCE_NAMES)
-        maxu = tuple([] for _ in _RESOURCE_NAMES)
-        used = tuple([] for _ in _RESOURCE_NAMES)
+        cap = tuple([] for _resource in _RESOURCE_NAMES)
+        maxu = tuple([] for _resource in _RESOURCE_NAMES)
+        used = tuple([] for _resource in _RESOURCE_NAMES)
         ninst = []
         loc: dict[str, int] = {}
         groups: dict[str, dict[int, int]] = {}

@@ -76,7 +76,7 @@ options:
         server on the host holds (emulator threads to the same CPUs) and claims those host CPUs 1:1, never
         overcommitted, on top of the vCPUs (see host_info's C(pcpus_used)). A server keeps its pins from run to run
         and when resized; a move pins it again on the target. Servers without the policy are not pinned and may run
-        on any host CPU, as in Nova without C(cpu_shared_set): keep them apart from dedicated ones with aggregates
+        on any host CPU, as in Nova without C(cpu_shared_set); keep them apart from dedicated ones with aggregates
         when that matters.
       - C(hw:mem_page_size) V(small), V(large) (the host's default huge pages), V(any) (rendered as small pages) or
         a size such as V(2048) (KiB), V(2MB), V(1GB).

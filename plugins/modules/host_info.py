@@ -194,7 +194,7 @@ host:
         - Per resource (C(vcpus), C(memory_mb), C(disk_gb), C(pcpus)) the total, reserved, allocation_ratio,
           capacity (after reservation and ratio), used, free (capacity - used, negative when over) and max_unit (the
           largest single server).
-        - C(pcpus) are the host CPUs dedicated servers can have: the host's CPUs less C(reserved_host_cpus), at
+        - C(pcpus) are the host CPUs dedicated servers can have, the host's CPUs less C(reserved_host_cpus), at
           ratio 1.0.
       type: dict
     running_vms:

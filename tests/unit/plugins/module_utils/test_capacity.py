@@ -72,8 +72,8 @@ def test_flavor_disk_counts_root_ephemeral_and_swap_rounded_up(swap_mb, disk):
 
 
 def test_flavor_optional_fields_default_to_zero():
-    assert cap.resources_from_flavor({"vcpus": 1, "ram_mb": 512}) == {"vcpus": 1, "memory_mb": 512, "disk_gb": 0,
-                                                                       "pcpus": 0}
+    expected = {"vcpus": 1, "memory_mb": 512, "disk_gb": 0, "pcpus": 0}
+    assert cap.resources_from_flavor({"vcpus": 1, "ram_mb": 512}) == expected
 
 
 @pytest.mark.parametrize("specs, pcpus", [
