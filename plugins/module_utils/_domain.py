@@ -268,10 +268,12 @@ class DomainSpec:
     """Everything needed to write a server's domain definition."""
 
     def __init__(self, name, uuid, virt_type, flavor, nics, volumes, record, machine=None, arch="x86_64",
-                 graphics=True, host_cpus=None, taken_cpus=()):
-        # Needed only for hw:cpu_policy=dedicated: the host's CPU count and the CPUs other dedicated servers hold.
+                 graphics=True, host_cpus=None, taken_cpus=(), cells=None):
+        # Needed only for hw:cpu_policy=dedicated: the host's CPU count, the CPUs other dedicated servers hold and
+        # the CPUs of each NUMA cell.
         self.host_cpus = host_cpus
         self.taken_cpus = taken_cpus
+        self.cells = cells
         self.name = name
         self.uuid = uuid
         self.virt_type = virt_type
@@ -312,7 +314,7 @@ def render_domain(spec, base_xml=None):
     devices = _ensure_child(root, "devices")
     _render_disks(devices, spec.volumes)
     _render_nics(devices, spec.nics)
-    apply_extra_specs(root, spec.flavor, host_cpus=spec.host_cpus, taken_cpus=spec.taken_cpus)
+    apply_extra_specs(root, spec.flavor, host_cpus=spec.host_cpus, taken_cpus=spec.taken_cpus, cells=spec.cells)
     return ET.tostring(root, encoding="unicode")
 
 

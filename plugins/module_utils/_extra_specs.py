@@ -27,8 +27,9 @@ Pinning (``hw:cpu_policy=dedicated``): each vCPU of a server gets a host CPU of 
 server on the host is pinned to (``taken_cpus``). A server that is already pinned keeps every pin that is still
 free, so a second run is unchanged and a resize moves as few vCPUs as possible; the others are taken in turn from
 a start that comes from a hash of the server's name, so servers spread over the host's CPUs instead of all starting
-at CPU 0. The emulator threads are pinned to the same CPUs, as Nova does by default. When too few CPUs are free the
-render fails with the numbers; the claim (``pcpus`` in _capacity) normally refuses such a server earlier.
+at CPU 0. On a host with several NUMA cells the new pins come from one cell when one has room (see ``pinning``).
+The emulator threads are pinned to the same CPUs, as Nova does by default. When too few CPUs are free the render
+fails with the numbers; the claim (``pcpus`` in _capacity) normally refuses such a server earlier.
 Servers without a dedicated policy are not pinned and may float over every host CPU, as they do in Nova when no
 ``cpu_shared_set`` is configured: keep pinned and floating servers on different hosts (aggregates) when that matters.
 """
@@ -86,16 +87,17 @@ _AFTER_WATCHDOG = ("memballoon", "rng", "tpm", "shmem", "memory", "iommu", "vsoc
 _VIF_ATTRIBUTES = ("average", "peak", "burst")
 
 
-def apply_extra_specs(domain_root, flavor, host_cpus=None, taken_cpus=()):
+def apply_extra_specs(domain_root, flavor, host_cpus=None, taken_cpus=(), cells=None):
     """Render ``flavor.extra_specs`` into ``domain_root`` (an ElementTree ``<domain>``), in place.
 
-    ``host_cpus`` is the host's number of CPUs (``client.node_info()[2]``) and ``taken_cpus`` the host CPUs other
-    dedicated servers are pinned to; both are needed only when the flavor asks for ``hw:cpu_policy=dedicated``.
+    ``host_cpus`` is the host's number of CPUs (``client.node_info()[2]``), ``taken_cpus`` the host CPUs other
+    dedicated servers are pinned to and ``cells`` the CPU ids of each NUMA cell; they matter only when the flavor
+    asks for ``hw:cpu_policy=dedicated``.
     Raises ValidationError when the flavor cannot be rendered on this host (more dedicated vCPUs than host CPUs) and
     CapacityError when too few host CPUs are free of other dedicated servers.
     """
     specs = flavor.extra_specs or {}
-    _apply_cputune(domain_root, specs, flavor.vcpus, host_cpus, taken_cpus)
+    _apply_cputune(domain_root, specs, flavor.vcpus, host_cpus, taken_cpus, cells)
     _apply_memory_backing(domain_root, specs)
     devices = domain_root.find("devices")
     if devices is None:
@@ -106,18 +108,22 @@ def apply_extra_specs(domain_root, flavor, host_cpus=None, taken_cpus=()):
     return domain_root
 
 
-def apply_pinning(domain_root, flavor, host_cpus=None, taken_cpus=()):
+def apply_pinning(domain_root, flavor, host_cpus=None, taken_cpus=(), cells=None):
     """Pin a dedicated flavor's vCPUs again, for another host (a move): only ``<cputune>`` is rendered."""
-    _apply_cputune(domain_root, flavor.extra_specs or {}, flavor.vcpus, host_cpus, taken_cpus)
+    _apply_cputune(domain_root, flavor.extra_specs or {}, flavor.vcpus, host_cpus, taken_cpus, cells)
     return domain_root
 
 
-def pinning(server_name, vcpus, host_cpus, taken_cpus=(), current=()):
+def pinning(server_name, vcpus, host_cpus, taken_cpus=(), current=(), cells=None):
     """The host CPU of each vCPU for hw:cpu_policy=dedicated: a list, index = vCPU number.
 
     ``current`` is the server's pinning now (host CPU per vCPU, None where a vCPU is not pinned to exactly one CPU):
     every pin that is on the host and not in ``taken_cpus`` is kept. The other vCPUs take free CPUs in turn from a
-    start derived from the server's name. CapacityError when fewer than ``vcpus`` host CPUs are free.
+    start derived from the server's name. With the host's NUMA ``cells`` (lists of CPU ids), the CPUs come from one
+    cell when one has enough free (the cell of the kept pins first, else the first such cell from the start), so a
+    server's vCPUs share their caches and local memory; only a server that fits in no single cell spans cells (Nova
+    would refuse it a host without a NUMA topology of its own in the flavor). CapacityError when fewer than
+    ``vcpus`` host CPUs are free.
     """
     taken = set(taken_cpus)
     pins = [None] * vcpus
@@ -137,9 +143,35 @@ def pinning(server_name, vcpus, host_cpus, taken_cpus=(), current=()):
             "host has %d CPUs and other dedicated servers are pinned to %d of them (%s)"
             % (vcpus, host_cpus, len(taken & set(range(host_cpus))), format_cpuset(taken) or "none"),
             field="flavor.extra_specs.hw:cpu_policy")
+    if missing and cells and len(cells) > 1:
+        free = _one_cell_first(free, len(missing), used, cells)
     for index, cpu in zip(missing, free):
         pins[index] = cpu
     return pins
+
+
+def _one_cell_first(free, count, used, cells):
+    """``free`` (CPUs in the server's turn order) with the ``count`` CPUs to take moved to the front: all from one
+    NUMA cell if a cell has that many free, preferring the cell that holds most of the server's kept pins."""
+    cell_of = dict((cpu, index) for index, cell in enumerate(cells) for cpu in cell)
+    free_in = {}
+    for cpu in free:
+        free_in.setdefault(cell_of.get(cpu), []).append(cpu)
+    kept = {}
+    for cpu in used:
+        kept[cell_of.get(cpu)] = kept.get(cell_of.get(cpu), 0) + 1
+    # Candidate cells in the order their first free CPU comes in the server's turn (stable, name-derived).
+    order = []
+    for cpu in free:
+        cell = cell_of.get(cpu)
+        if cell not in order:
+            order.append(cell)
+    fitting = [cell for cell in order if cell is not None and len(free_in[cell]) >= count]
+    if not fitting:
+        return free
+    best = max(fitting, key=lambda cell: (kept.get(cell, 0), -order.index(cell)))
+    chosen = free_in[best][:count]
+    return chosen + [cpu for cpu in free if cpu not in chosen]
 
 
 def parse_cpuset(text):
@@ -192,7 +224,7 @@ def format_cpuset(cpus):
 
 # -- cputune ---------------------------------------------------------------------------------------------------------
 
-def _apply_cputune(root, specs, vcpus, host_cpus, taken_cpus=()):
+def _apply_cputune(root, specs, vcpus, host_cpus, taken_cpus=(), cells=None):
     wanted = {}
     for tag in ("shares", "period", "quota"):
         value = specs.get("quota:cpu_%s" % tag)
@@ -206,7 +238,7 @@ def _apply_cputune(root, specs, vcpus, host_cpus, taken_cpus=()):
         if vcpus > host_cpus:
             raise ValidationError("dedicated: %d vCPUs cannot be pinned to distinct CPUs of a host with %d CPUs"
                                   % (vcpus, host_cpus), field=field)
-        pins = pinning(root.findtext("name"), vcpus, host_cpus, taken_cpus, current_pins(root))
+        pins = pinning(root.findtext("name"), vcpus, host_cpus, taken_cpus, current_pins(root), cells)
 
     cputune = root.find("cputune")
     if cputune is None:

@@ -171,6 +171,11 @@ def taken_cpus(client, server_name):
     return set(cpu for usage in scan_domains(client) if usage.name != server_name for cpu in usage.pinned_cpus)
 
 
+def numa_cpu_cells(client):
+    """The host CPU ids of each NUMA cell, from the capabilities: a list of lists (one list on a UMA host)."""
+    return [cell["cpus"] for cell in _numa_cells(client.capabilities()) if cell["cpus"]]
+
+
 def host_info(client, name=None, instance_pool=INSTANCE_POOL, details=True):
     """The host dict (see the host_info module's RETURN). ``details`` adds hypervisor, CPU and NUMA facts, which
     claims do not need."""

@@ -48,7 +48,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._flavor_catalog 
     resolve_flavor,
     snapshot_differences,
 )
-from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import taken_cpus
+from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import numa_cpu_cells, taken_cpus
 from ansible_collections.virtfleet.compute.plugins.module_utils._hypervisor import VIRT_TYPES, resolve_virt_type
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
@@ -978,9 +978,11 @@ def wait_until_ready(client, name, nics, timeout, leases_before=None):
 
 def cpu_pinning(client, flavor, server_name):
     """What DomainSpec needs to pin a dedicated flavor's vCPUs on this host (hw:cpu_policy=dedicated): the host's
-    CPU count and the CPUs other dedicated servers hold. Nothing is read for a flavor that does not pin."""
+    CPU count, the CPUs other dedicated servers hold and the CPUs of each NUMA cell. Nothing is read for a flavor
+    that does not pin."""
     if flavor.extra_specs.get("hw:cpu_policy") == "dedicated":
-        return {"host_cpus": client.node_info()[2], "taken_cpus": taken_cpus(client, server_name)}
+        return {"host_cpus": client.node_info()[2], "taken_cpus": taken_cpus(client, server_name),
+                "cells": numa_cpu_cells(client)}
     return {}
 
 

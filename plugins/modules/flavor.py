@@ -74,8 +74,9 @@ options:
       - Extra specs (string keys and values). Given, they replace the flavor's extra specs entirely; omitted, kept.
       - C(hw:cpu_policy) V(shared) or V(dedicated). Dedicated pins each vCPU to a host CPU that no other dedicated
         server on the host holds (emulator threads to the same CPUs) and claims those host CPUs 1:1, never
-        overcommitted, on top of the vCPUs (see host_info's C(pcpus_used)). A server keeps its pins from run to run
-        and when resized; a move pins it again on the target. Servers without the policy are not pinned and may run
+        overcommitted, on top of the vCPUs (see host_info's C(pcpus_used)). On a host with several NUMA cells the
+        pins come from one cell when one has room. A server keeps its pins from run to run and when resized; a move
+        pins it again on the target. Servers without the policy are not pinned and may run
         on any host CPU, as in Nova without C(cpu_shared_set); keep them apart from dedicated ones with aggregates
         when that matters.
       - C(hw:mem_page_size) V(small), V(large) (the host's default huge pages), V(any) (rendered as small pages) or

@@ -187,6 +187,37 @@ def test_apply_pinning_renders_only_the_pins_for_another_host():
     assert canonical(ET.tostring(same, encoding="unicode")) == canonical(ET.tostring(source, encoding="unicode"))
 
 
+TWO_CELLS = [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def cell_of(cpu):
+    return 0 if cpu < 4 else 1
+
+
+def test_pins_come_from_one_numa_cell_when_one_has_room():
+    for index in range(30):
+        pins = pinning("server-%d" % index, 4, 8, cells=TWO_CELLS)
+        assert len(set(cell_of(cpu) for cpu in pins)) == 1, pins
+    # Cell 0 has only three CPUs free: a four-vCPU server goes to cell 1 whatever its name.
+    assert all(cell_of(cpu) == 1 for cpu in pinning("any", 4, 8, taken_cpus={2}, cells=TWO_CELLS))
+
+
+def test_added_pins_join_the_cell_of_the_kept_ones():
+    for index in range(30):
+        name = "server-%d" % index
+        grown = pinning(name, 3, 8, current=[5], cells=TWO_CELLS)
+        assert grown[0] == 5 and all(cell_of(cpu) == 1 for cpu in grown), grown
+
+
+def test_a_server_larger_than_any_cell_spans_cells():
+    pins = pinning("big", 6, 8, cells=TWO_CELLS)
+    assert len(set(pins)) == 6 and set(cell_of(cpu) for cpu in pins) == {0, 1}
+
+
+def test_without_cells_or_with_one_the_turn_order_is_kept():
+    assert pinning("web-1", 3, 8, cells=[list(range(8))]) == pinning("web-1", 3, 8)
+
+
 @pytest.mark.parametrize("text, cpus", [
     ("3", {3}), ("0-3", {0, 1, 2, 3}), ("0-3,^2", {0, 1, 3}), ("0,5-6", {0, 5, 6}), ("", set()),
 ])
@@ -207,21 +238,26 @@ def test_current_pins_reads_libvirts_vcpupin():
 @given(host_cpus=st.integers(1, 16), data=st.data())
 def test_property_pins_are_distinct_free_and_keep_what_they_can(host_cpus, data):
     vcpus = data.draw(st.integers(1, host_cpus))
+    cell_size = data.draw(st.integers(1, host_cpus))
+    cells = [list(range(first, min(first + cell_size, host_cpus))) for first in range(0, host_cpus, cell_size)]
     taken = set(data.draw(st.lists(st.integers(0, host_cpus + 2), max_size=host_cpus)))
     current = data.draw(st.lists(st.one_of(st.none(), st.integers(0, host_cpus + 2)), max_size=vcpus + 2))
     free = set(range(host_cpus)) - taken
     if len(free) < vcpus:
         with pytest.raises(CapacityError):
-            pinning("s", vcpus, host_cpus, taken, current)
+            pinning("s", vcpus, host_cpus, taken, current, cells)
         return
-    pins = pinning("s", vcpus, host_cpus, taken, current)
+    pins = pinning("s", vcpus, host_cpus, taken, current, cells)
     assert len(pins) == vcpus and len(set(pins)) == vcpus and set(pins) <= free
     kept = set()
     for index, cpu in enumerate(current[:vcpus]):
         if cpu in free and cpu not in kept:
             assert pins[index] == cpu
             kept.add(cpu)
-    assert pinning("s", vcpus, host_cpus, taken, pins) == pins  # a second run is unchanged
+    new = [cpu for index, cpu in enumerate(pins) if cpu not in kept]
+    if new and any(len(set(cell) & free - kept) >= len(new) for cell in cells):
+        assert len(set(cpu // cell_size for cpu in new)) == 1, (pins, cells)  # the new pins share a cell
+    assert pinning("s", vcpus, host_cpus, taken, pins, cells) == pins  # a second run is unchanged
 
 
 def test_shared_policy_pins_nothing():

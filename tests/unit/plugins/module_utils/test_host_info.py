@@ -29,6 +29,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import F
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import (
     SCHEDULER_KEYS,
     host_info,
+    numa_cpu_cells,
     taken_cpus,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_record import (
@@ -324,6 +325,10 @@ def test_dedicated_servers_take_host_cpus_and_list_their_pins(fake):
     assert len(pinned["pinned_cpus"]) == 2 and host["pinned_cpus"] == pinned["pinned_cpus"]
     assert host["capacity"]["pcpus"]["free"] == 4 - 2
     assert taken_cpus(fake, "other") == set(pinned["pinned_cpus"]) and taken_cpus(fake, "pinned") == set()
+
+
+def test_numa_cpu_cells_come_from_the_capabilities(fake):
+    assert numa_cpu_cells(fake) == [[0, 1], [2, 3]]
 
 
 def test_a_shelved_dedicated_server_keeps_its_host_cpus(fake):

@@ -329,6 +329,46 @@ def test_resize_then_revert_restores_the_old_definition_but_never_shrinks_a_disk
     assert swaps == []
 
 
+def with_numa_cells(client, cells):
+    """The host's own capabilities with a NUMA topology added: the test driver loaded from a node file has 16 CPUs
+    but lists no cells."""
+    real = client.capabilities
+
+    def capabilities():
+        caps = real()
+        topology = ET.SubElement(caps.find("host"), "topology")
+        cells_elem = ET.SubElement(topology, "cells", {"num": str(len(cells))})
+        for index, cpus in enumerate(cells):
+            cell = ET.SubElement(cells_elem, "cell", {"id": str(index)})
+            ET.SubElement(cell, "memory", {"unit": "KiB"}).text = "1572864"
+            cpus_elem = ET.SubElement(cell, "cpus", {"num": str(len(cpus))})
+            for cpu in cpus:
+                ET.SubElement(cpus_elem, "cpu", {"id": str(cpu)})
+        return caps
+
+    client.capabilities = capabilities
+
+
+def test_dedicated_servers_pin_within_a_numa_cell_and_a_resize_keeps_the_pins(client, base_image):
+    with_numa_cells(client, [list(range(8)), list(range(8, 16))])
+    dedicated = {"vcpus": 4, "ram_mb": 256, "disk_gb": 2, "extra_specs": {"hw:cpu_policy": "dedicated"}}
+    make_server(client, flavor=dict(dedicated))
+    make_server(client, name="web2", flavor=dict(dedicated))
+
+    def pins(name):
+        return Domain(client.domain_xml(client.lookup_domain(name))).pinned_cpus
+
+    first, second = pins(NAME), pins("web2")
+    assert len(first) == 4 and len(set(cpu // 8 for cpu in first)) == 1, first
+    assert len(second) == 4 and len(set(cpu // 8 for cpu in second)) == 1 and not set(first) & set(second)
+    action(client, NAME, "resize", flavor=dict(dedicated, vcpus=6), confirm=True)
+    grown = pins(NAME)
+    assert set(first) <= set(grown) and len(grown) == 6 and not set(grown) & set(second)
+    # Six free CPUs are left in the first server's cell unless the second took that cell too.
+    if second[0] // 8 != first[0] // 8:
+        assert len(set(cpu // 8 for cpu in grown)) == 1, grown
+
+
 def _without_meta(xml):
     root = _without_console(xml)
     metadata = root.find("metadata")
