@@ -114,12 +114,16 @@ class ServerRecord:
     """What we store about a server in its domain's metadata element."""
 
     def __init__(self, created=None, spec_hash=None, flavor=None, image=None, config_drive_hash=None, volumes=None,
-                 metadata=None, tags=None, hostname=None, extra=None, fixed_ips=None):
+                 metadata=None, tags=None, hostname=None, extra=None, fixed_ips=None, config_drive_built_hash=None):
         self.created = created
         self.spec_hash = spec_hash
         self.flavor = flavor  # Flavor
         self.image = image  # {"pool": ..., "name": ...}
         self.config_drive_hash = config_drive_hash
+        # The config drive's hash when the root disk was built (created or rebuilt from its image): cloud-init reads
+        # keys and user data at a root disk's first boot only, so a drive rewritten since may not reach the guest.
+        # None in records of earlier versions (unknown).
+        self.config_drive_built_hash = config_drive_built_hash
         self.volumes = dict(volumes or {})  # role -> {"pool": ..., "name": ...}
         self.metadata = dict(metadata or {})
         self.tags = list(tags or [])
@@ -151,7 +155,9 @@ class ServerRecord:
         if self.image:
             ET.SubElement(root, _q("image"), dict((k, str(v)) for k, v in sorted(self.image.items())))
         if self.config_drive_hash:
-            ET.SubElement(root, _q("config-drive"), {"hash": self.config_drive_hash})
+            drive = ET.SubElement(root, _q("config-drive"), {"hash": self.config_drive_hash})
+            if self.config_drive_built_hash:
+                drive.set("built", self.config_drive_built_hash)
         for role in sorted(self.volumes):
             attrs = {"role": role}
             attrs.update(self.volumes[role])
@@ -187,6 +193,7 @@ class ServerRecord:
         drive = elem.find(_q("config-drive"))
         if drive is not None:
             record.config_drive_hash = drive.get("hash")
+            record.config_drive_built_hash = drive.get("built")
         for vol in elem.findall(_q("volume")):
             attrs = dict(vol.attrib)
             role = attrs.pop("role")
@@ -240,6 +247,13 @@ class Domain:
             })
         elem = root.find("metadata/" + _q("instance"))
         self.record = ServerRecord.from_element(elem) if elem is not None else None
+
+    @property
+    def config_drive_rewritten(self):
+        """Whether the config drive changed since the root disk was built (then the guest may not have its keys and
+        user data: cloud-init applies them at a root disk's first boot)."""
+        return bool(self.record and self.record.config_drive_built_hash
+                    and self.record.config_drive_built_hash != self.record.config_drive_hash)
 
     @property
     def pinned_cpus(self):

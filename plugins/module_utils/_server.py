@@ -310,6 +310,7 @@ def server_view(actual, hypervisor=None):
         "volumes": dict((role, "%s/%s" % (v["pool"], v["name"])) for role, v in record.volumes.items()),
         "attachments": _attachments.attached_view(domain.tree),
         "config_drive": (record.config_drive_hash or "")[:12] or None,
+        "config_drive_rewritten": domain.config_drive_rewritten,
     }
     if hypervisor:
         view["hypervisor"] = hypervisor
@@ -415,7 +416,8 @@ class ServerPlanner:
 
         drive_inputs = self._config_drive_inputs(server_uuid, definition)
         drive_hash = _drive_hash(drive_inputs)
-        record = self._record(definition, resolved["virt_type"], drive_hash, volumes, created=self.now)
+        record = self._record(definition, resolved["virt_type"], drive_hash, volumes, created=self.now,
+                              built_hash=drive_hash)
         xml = render_domain(DomainSpec(req.name, server_uuid, resolved["virt_type"], flavor, definition.nics,
                                        volumes, record, **cpu_pinning(client, flavor, req.name)))
 
@@ -518,8 +520,10 @@ class ServerPlanner:
             raise ConflictError(
                 "%s is %s; finish that first with server_action (%s), then declare the change"
                 % (req.name, pending, "confirm_resize or revert_resize" if pending == "resized" else "unrescue"))
+        rebuild = (record.image or {}) != definition.image
         new_record = self._record(definition, virt_type, drive_hash, dict(record.volumes), created=record.created,
-                                  spec_hash_value=new_hash)
+                                  spec_hash_value=new_hash,
+                                  built_hash=drive_hash if rebuild else record.config_drive_built_hash)
 
         if req.nics is not None:
             self._check_networks(definition.nics, hostname=definition.hostname)
@@ -532,7 +536,6 @@ class ServerPlanner:
                    or flavor.extra_specs != old_specs
                    or _wiring(definition.nics) != _wiring(domain.managed_nics()))
 
-        rebuild = (record.image or {}) != definition.image
         if rebuild and not req.allow_rebuild:
             raise ConflictError(
                 "the server runs image %s/%s; changing it to %s/%s means rebuilding its root disk (its data is "
@@ -572,9 +575,12 @@ class ServerPlanner:
                 ref = record.volumes["config"]
                 online_steps.append(("rewrite config drive %s" % ref["name"],
                                      lambda: self._write_config_drive(pool, ref["name"], drive_inputs), None))
-                plan.warnings.append(
-                    "the config drive of %s was rewritten: cloud-init reads user data and keys at first boot, so a "
-                    "running guest sees them only if it re-runs cloud-init (or after a rebuild)" % req.name)
+                if not rebuild:
+                    plan.warnings.append(
+                        "the config drive of %s was rewritten: cloud-init applies SSH keys and user data at the first "
+                        "boot of a root disk, so a guest that has booted keeps the ones it first read "
+                        "(config_drive_rewritten: true). Rebuild it to apply them (server_action action=rebuild, "
+                        "its root disk is replaced), or re-run cloud-init in the guest" % req.name)
 
         current_flavor = _current_flavor(domain)
         claim = None
@@ -699,8 +705,9 @@ class ServerPlanner:
 
     # -- helpers ----------------------------------------------------------------------------------------------------
 
-    def _record(self, definition, virt_type, drive_hash, volumes, created, spec_hash_value=None):
+    def _record(self, definition, virt_type, drive_hash, volumes, created, spec_hash_value=None, built_hash=None):
         return ServerRecord(
+            config_drive_built_hash=built_hash,
             created=created,
             spec_hash=spec_hash_value or definition.hash(virt_type, drive_hash),
             flavor=definition.flavor,

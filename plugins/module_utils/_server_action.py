@@ -106,11 +106,16 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._server import (
     _size_text,
     cpu_pinning,
     graceful_stop,
+    lease_expiries,
     read_server,
     server_view,
     wait_until_ready,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._wait import Deadline
+
+# Actions that boot the guest from a new root disk: its DHCP client may ask with a new identity and get another
+# address, so the wait takes only a lease renewed after the action as the server's address (the old one lingers).
+FRESH_ROOT_ACTIONS = ("rebuild", "evacuate")
 
 ACTIONS = (
     "reboot", "resize", "confirm_resize", "revert_resize", "rebuild", "migrate", "live_migrate", "evacuate",
@@ -602,7 +607,8 @@ class ActionRunner:
                 drive_inputs["hostname"] = drive_inputs["hostname"] or definition.hostname
                 definition.hostname = drive_inputs["hostname"]
             drive_hash = _drive_hash(drive_inputs)
-        new_record = _record_with(record, image=image_ref, config_drive_hash=drive_hash, hostname=definition.hostname)
+        new_record = _record_with(record, image=image_ref, config_drive_hash=drive_hash, hostname=definition.hostname,
+                                  config_drive_built_hash=drive_hash)
         new_record.spec_hash = definition.hash(domain.virt_type, drive_hash)
         xml = _with_record(self._secure_xml(actual), new_record, lock=True)
 
@@ -1459,6 +1465,7 @@ class ActionRunner:
         planner = ServerPlanner(dst, ServerRequest({"name": req.name, "state": "present"}))
         drive_inputs = planner._config_drive_inputs(uuid, definition)
         record.config_drive_hash = _drive_hash(drive_inputs)
+        record.config_drive_built_hash = record.config_drive_hash  # a new root disk from the image
         record.volumes = volumes
         record.spec_hash = definition.hash(virt_type, record.config_drive_hash)
         xml = render_domain(DomainSpec(req.name, uuid, virt_type, flavor, nics, volumes, record,
@@ -1581,7 +1588,7 @@ class ActionRunner:
 
     # -- result ---------------------------------------------------------------------------------------------------
 
-    def result(self, plan, check_mode, diff_mode):
+    def result(self, plan, check_mode, diff_mode, leases_before=None):
         req = self.req
         result = {"changed": plan.changed, "actions": plan.actions, "warnings": list(plan.warnings),
                   "action": req.action}
@@ -1604,7 +1611,8 @@ class ActionRunner:
         actual = read_server(client, req.name)
         if (req.wait and plan.changed and actual is not None and actual.power == "running"
                 and req.action not in ("live_migrate", "console", "cleanup_evacuated", "pause", "unpause")):
-            result["waited"] = wait_until_ready(client, req.name, actual.domain.managed_nics(), req.wait_timeout)
+            result["waited"] = wait_until_ready(client, req.name, actual.domain.managed_nics(), req.wait_timeout,
+                                                leases_before)
             actual = read_server(client, req.name)
         result["server"] = server_view(actual, hypervisor=client.hostname()) if actual is not None else {}
         if actual is not None:
@@ -1619,8 +1627,12 @@ def run_action(client, params, check_mode=False, diff_mode=False, connect=None):
     runner = ActionRunner(client, request, connect=connect)
     try:
         plan = runner.plan()
+        leases_before = None
+        if (not check_mode and request.wait and request.action in FRESH_ROOT_ACTIONS and plan.actual is not None
+                and runner.final_client is not None):
+            leases_before = lease_expiries(runner.final_client, plan.actual.domain.managed_nics())
         plan.execute(check_mode)
-        return runner.result(plan, check_mode, diff_mode)
+        return runner.result(plan, check_mode, diff_mode, leases_before)
     finally:
         runner.close()
 
@@ -1629,7 +1641,8 @@ def run_action(client, params, check_mode=False, diff_mode=False, connect=None):
 
 # The keys of server_view() that are not facts of the record's ``extra``.
 _VIEW_KEYS = frozenset(("name", "uuid", "state", "managed", "virt_type", "flavor", "image", "image_pool", "hostname",
-                        "networks", "ips", "metadata", "tags", "created", "volumes", "config_drive", "hypervisor"))
+                        "networks", "ips", "metadata", "tags", "created", "volumes", "config_drive", "hypervisor",
+                        "config_drive_rewritten"))
 
 
 def vm_state_of(actual):

@@ -382,6 +382,13 @@ server:
     hypervisor:
       description: Host name of the hypervisor.
       type: str
+    config_drive_rewritten:
+      description:
+        - True when the config drive (SSH keys, user data, network config, host name) changed after the root disk
+          was built. cloud-init applies it at a root disk's first boot, so a guest that has booted keeps what it read
+          then; rebuild the server (M(virtfleet.compute.server_action) C(action=rebuild)) to apply the new data.
+          False for servers whose record predates this field.
+      type: bool
 actions:
   description: The steps taken (or, in check mode, that would be taken), in order.
   returned: always

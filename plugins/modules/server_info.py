@@ -71,6 +71,8 @@ servers:
     - C(flavor_drift) lists the fields (vcpus, ram_mb, disk_gb, swap_mb, ephemeral_gb, extra_specs) in which the
       server's flavor snapshot differs from the host catalog's flavor of the same name; empty when they agree or the
       server's flavor was given inline.
+    - C(config_drive_rewritten) is true when the server's cloud-init data changed after its root disk was built (a
+      booted guest keeps the SSH keys and user data it first read; rebuild it to apply the new ones).
   returned: always
   type: list
   elements: dict
@@ -84,6 +86,7 @@ servers:
       metadata: {role: web}
       tags: [production]
       flavor_drift: []
+      config_drive_rewritten: false
       attachments:
         - {name: web-data, pool: virtfleet-volumes, device: vde, bus: virtio, read_only: false,
            serial: 0b0b5d0e-1f52-4bd4-9}

@@ -1,4 +1,6 @@
 """The server module on a real libvirtd: states, changes, refusals, and a real boot with SSH."""
+import subprocess
+
 import pytest
 
 from tests.integration.conftest import INSTANCE_POOL, run_playbook, ssh
@@ -22,8 +24,9 @@ def _converge(client, **params):
 
 
 @pytest.mark.boot
-def test_boot_cloud_image_ssh_resize_and_delete(client, pools, boot_image, default_network, ssh_key):
-    """A real Debian guest: cloud-init sets the host name and key, swap is on, then a resize and a delete."""
+def test_boot_cloud_image_ssh_resize_and_delete(client, pools, boot_image, default_network, ssh_key, tmp_path):
+    """A real Debian guest: cloud-init sets the host name and key, swap is on, then a resize, a new key applied by a
+    rebuild, and a delete."""
     key_path, public_key = ssh_key
     name = "vf-it-boot"
     before = _volumes(client, pools)
@@ -66,6 +69,25 @@ def test_boot_cloud_image_ssh_resize_and_delete(client, pools, boot_image, defau
 
         unchanged = _converge(client, flavor=dict(flavor, vcpus=2, ram_mb=768, disk_gb=6), **common)
         assert not unchanged["changed"], unchanged["actions"]
+
+        # A new key: the drive is rewritten, but the booted guest keeps the key it first read, and says so.
+        new_key_path = str(tmp_path / "new_ed25519")
+        subprocess.check_call(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", new_key_path])
+        with open(new_key_path + ".pub") as handle:
+            new_public_key = handle.read().strip()
+        rekeyed = _converge(client, **dict(common, flavor=dict(flavor, vcpus=2, ram_mb=768, disk_gb=6),
+                                           ssh_authorized_keys=[new_public_key]))
+        assert rekeyed["server"]["config_drive_rewritten"] is True
+        assert any("action=rebuild" in w for w in rekeyed["warnings"]), rekeyed["warnings"]
+        assert new_public_key.split()[1] not in ssh(ip, key_path, "cat ~/.ssh/authorized_keys")
+        # A rebuild gives it a new root disk whose first boot applies the new key.
+        from ansible_collections.virtfleet.compute.plugins.module_utils._server_action import run_action
+
+        rebuilt = run_action(client, dict(name=name, action="rebuild", wait=True, wait_timeout=300))
+        assert rebuilt["server"]["config_drive_rewritten"] is False
+        ip = rebuilt["server"]["ips"][0]
+        assert ssh(ip, new_key_path, "hostname", timeout=300).strip() == name
+        assert public_key.split()[1] not in ssh(ip, new_key_path, "cat ~/.ssh/authorized_keys")
     finally:
         _converge(client, name=name, state="absent")
     assert client.lookup_domain(name) is None

@@ -438,8 +438,22 @@ def test_rebuild_replaces_the_root_disk_and_keeps_identity(client, base_image, m
     assert ET.fromstring(client.volume_xml(root)).findtext("backingStore/path").endswith("/other.qcow2")
     keys = action(client, NAME, "rebuild", idempotent=False, ssh_authorized_keys=["ssh-ed25519 AAAAC3Nz test"])
     assert record_of(client).config_drive_hash != drive_hash
+    # The new root disk boots with the new keys: the drive is what the guest reads first.
+    assert record_of(client).config_drive_built_hash == record_of(client).config_drive_hash
     assert keys["diff"]["after"]["image"] == "virtfleet-images/other.qcow2"
     refused(client, "rebuild", NotFoundError, image="nope.qcow2")
+
+
+def test_rebuild_applies_a_rewritten_config_drive(client, base_image):
+    from ansible_collections.virtfleet.compute.plugins.module_utils._server import converge_server
+
+    make_server(client)
+    changed = converge_server(client, dict(name=NAME, ssh_authorized_keys=["ssh-ed25519 AAAAC3Nz new@key"],
+                                           wait=False))
+    assert changed["server"]["config_drive_rewritten"] is True
+    rebuilt = action(client, NAME, "rebuild", idempotent=False)
+    assert any(step.startswith("rewrite config drive") for step in rebuilt["actions"])
+    assert rebuilt["server"]["config_drive_rewritten"] is False
 
 
 def test_rescue_boots_from_a_new_disk_and_unrescue_removes_it(client, base_image):

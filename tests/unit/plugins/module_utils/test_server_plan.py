@@ -640,6 +640,30 @@ def test_a_cloud_init_change_rewrites_the_config_drive_live_with_a_warning(clien
     assert not converge(client, only(user_data="#cloud-config\npackages: [htop]\n"))["changed"]
 
 
+def test_a_rewritten_config_drive_is_reported_until_the_root_disk_is_rebuilt(client, base_image, make_volume):
+    created = converge(client, params(state="running", ssh_authorized_keys=["ssh-ed25519 AAAAC3Nz old@key"]))
+    assert created["server"]["config_drive_rewritten"] is False
+    assert record_of(client).config_drive_built_hash == record_of(client).config_drive_hash
+
+    new_key = only(ssh_authorized_keys=["ssh-ed25519 AAAAC3Nz new@key"])
+    changed = converge(client, new_key)
+    assert changed["server"]["config_drive_rewritten"] is True
+    # The diff shows the drive's new hash; the flag is a fact of the server, not a declared field.
+    after = changed["diff"]["after"]
+    assert after == dict(changed["diff"]["before"], config_drive=after["config_drive"])
+    assert any("config_drive_rewritten: true" in w and "action=rebuild" in w for w in changed["warnings"])
+    again = converge(client, new_key)
+    assert not again["changed"] and again["server"]["config_drive_rewritten"] is True
+    assert list_servers(client, ["web1"])[0]["config_drive_rewritten"] is True
+
+    # A rebuild gives the guest a new root disk, whose first boot reads the drive as it is now.
+    make_volume(IMAGES, "other.qcow2", 1024 ** 3)
+    rebuilt = converge(client, only(image="other.qcow2", allow_rebuild=True,
+                                    ssh_authorized_keys=["ssh-ed25519 AAAAC3Nz new@key"]))
+    assert rebuilt["changed"] and rebuilt["server"]["config_drive_rewritten"] is False
+    assert not any("config_drive_rewritten" in w for w in rebuilt.get("warnings", []))
+
+
 # -- diff ------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("change, fields, flavor_fields", [
