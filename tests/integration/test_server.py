@@ -75,8 +75,9 @@ def test_boot_cloud_image_ssh_resize_and_delete(client, pools, boot_image, defau
         subprocess.check_call(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", new_key_path])
         with open(new_key_path + ".pub") as handle:
             new_public_key = handle.read().strip()
-        rekeyed = _converge(client, **dict(common, flavor=dict(flavor, vcpus=2, ram_mb=768, disk_gb=6),
-                                           ssh_authorized_keys=[new_public_key]))
+        rekey = dict(common, flavor=dict(flavor, vcpus=2, ram_mb=768, disk_gb=6))
+        rekey["ssh_authorized_keys"] = [new_public_key]
+        rekeyed = _converge(client, **rekey)
         assert rekeyed["server"]["config_drive_rewritten"] is True
         assert any("action=rebuild" in w for w in rekeyed["warnings"]), rekeyed["warnings"]
         assert new_public_key.split()[1] not in ssh(ip, key_path, "cat ~/.ssh/authorized_keys")
