@@ -1124,8 +1124,12 @@ class ActionRunner:
         claim = Claim(dst, name, flavor, instance_pool=record.volumes["root"]["pool"])
         # A dedicated server keeps the pins that are free on the target and takes free CPUs there for the others.
         pinning = cpu_pinning(dst, flavor, name)
+        repin = None
         if pinning:
-            target_xml = ET.tostring(apply_pinning(ET.fromstring(target_xml), flavor, **pinning), encoding="unicode")
+            def repin(xml):
+                return ET.tostring(apply_pinning(ET.fromstring(xml), flavor, **pinning), encoding="unicode")
+
+            target_xml = repin(target_xml)
 
         was = actual.power
         if not live and was in ("running", "paused"):
@@ -1161,8 +1165,7 @@ class ActionRunner:
             plan.add("live-migrate %s to %s%s (timeout %d s)"
                      % (name, dst.uri, " copying its disks' top layers (non-shared storage)" if storage == "copy"
                         else " (shared storage)", req.migration_timeout),
-                     lambda: self._live_migrate(actual.dom, dst, target_xml, storage == "copy", migration,
-                                                flavor if pinning else None, pinning))
+                     lambda: self._live_migrate(actual.dom, dst, target_xml, storage == "copy", migration, repin))
         plan.add("undefine %s on %s (releases its claim there)" % (name, src.uri),
                  self._best_effort(plan, lambda: _undefine_inactive(src, name, required=True)))
         if storage == "copy":
@@ -1339,17 +1342,16 @@ class ActionRunner:
                     releases.append((release[0] + " on %s" % src.uri, release[1], release[2]))
         return adds, releases
 
-    def _live_migrate(self, dom, dst, persist_xml, copy_storage, migration, pinned_flavor=None, pinning=None):
-        """Run the migration in a thread, sample its progress, abort it at the timeout. A dedicated server
-        (``pinned_flavor``) runs on the target with the pins chosen there (``pinning``), not the source's."""
+    def _live_migrate(self, dom, dst, persist_xml, copy_storage, migration, repin=None):
+        """Run the migration in a thread, sample its progress, abort it at the timeout. A dedicated server runs on
+        the target with the pins chosen there (``repin`` rewrites a definition's pins), not the source's."""
         src = self.client
         req = self.req
         outcome = {}
 
         dest_xml = migration_dest_xml(src.domain_xml_migratable(dom), dst) if copy_storage else None
-        if pinned_flavor is not None:
-            root = ET.fromstring(dest_xml or src.domain_xml_migratable(dom))
-            dest_xml = ET.tostring(apply_pinning(root, pinned_flavor, **pinning), encoding="unicode")
+        if repin is not None:
+            dest_xml = repin(dest_xml or src.domain_xml_migratable(dom))
 
         def worker():
             try:
