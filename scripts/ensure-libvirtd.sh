@@ -6,6 +6,16 @@ uri=${1:-qemu:///system}
 
 answers() { virsh -c "$uri" version >/dev/null 2>&1; }
 
+# udev's default rule gives /dev/kvm to root:kvm 0660. Where udev does not run (containers, CI runners, these
+# machines) the node stays root:root 0600, and libvirt then judges its cached QEMU capabilities stale on every call
+# ("KVM was enabled when probing, but it is not available now") and re-probes QEMU: about 8 s per domain start. Set
+# what udev would, so this machine behaves like a normal host (the compute_node role does the same).
+if [ -c /dev/kvm ] && [ ! -S /run/udev/control ]; then
+  getent group kvm >/dev/null || groupadd -r kvm
+  chown root:kvm /dev/kvm
+  chmod 0660 /dev/kvm
+fi
+
 if answers; then
   exit 0
 fi

@@ -162,8 +162,11 @@ def test_converge_twice_in_a_network_namespace(host):
     assert first.stats["localhost"]["changed"] > 0
     # The fallback policy chose software emulation and said why, as a warning.
     assert "KVM cannot run guests on this host" in first.stderr + first.stdout, first
-    second = host.playbook("converge.yml", in_netns=True).assert_ok()
-    assert second.stats["localhost"]["changed"] == 0, second
+    # Twice more, unchanged each time: measured figures (the KVM probe's timings) must never reach the host record,
+    # and they differ from run to run, so one unchanged rerun could pass by luck (issue 21).
+    for _rerun in range(2):
+        again = host.playbook("converge.yml", in_netns=True).assert_ok()
+        assert again.stats["localhost"]["changed"] == 0, again
     # Check mode agrees that nothing is left to do.
     check = host.playbook("converge.yml", in_netns=True, check=True).assert_ok()
     assert check.stats["localhost"]["changed"] == 0, check
