@@ -13,7 +13,7 @@ SANITY_DIR ?= /tmp/virtfleet-sanity
 SANITY_ARGS = --python $(shell $(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) --color no
 SYSTEM_PACKAGES := libvirt-daemon-system libvirt-clients libvirt-dev pkg-config gcc python3-dev python3-venv \
 	qemu-system-x86 qemu-utils dnsmasq-base openssh-client iproute2 rsync shellcheck \
-	mmdebstrap extlinux syslinux-common fdisk e2fsprogs python3-apt
+	mmdebstrap extlinux syslinux-common fdisk e2fsprogs python3-apt genisoimage
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(BIN):$(PATH)
