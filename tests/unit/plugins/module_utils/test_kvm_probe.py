@@ -46,10 +46,11 @@ def test_flags_do_not_matter_on_arm():
 @pytest.mark.parametrize("output, timed_out, passed, says", [
     (b"RPL VFPROBE-OK\n", False, True, "ran its 64-bit workload"),
     (b"RPL VFPROBE-BAD\n", False, False, "wrong result"),
-    (b"RPL", True, False, "reached 64-bit long mode but did not finish its workload within its time limit"),
-    (b"RP", True, False, "entered protected mode but never long mode"),
+    (b"RPL", True, False, "did not finish its 64-bit workload within its time limit"),
+    (b"RP", True, False, "did not finish its 64-bit workload within its time limit"),
+    (b"RP", False, False, "stopped early: it entered protected mode but never long mode"),
     (b"R", False, False, "stopped early: it never left real mode"),
-    (b"", True, False, "printed nothing"),
+    (b"", False, False, "printed nothing"),
 ])
 def test_describe_the_probe(output, timed_out, passed, says):
     ok, sentence = kp.describe_probe("kvm", output, timed_out)
@@ -101,16 +102,17 @@ def test_kvm_slower_than_emulation_is_not_kvm(monkeypatch):
     assert "slower" in result["reasons"][0]
 
 
-@pytest.mark.parametrize("kvm_result", [
-    (False, None, "RPL"),            # KVM hangs: the sentence comes from describe_probe, as in a real run
-    (True, None, "RPL VFPROBE-OK"),  # KVM boots (fast or slower than emulation)
+@pytest.mark.parametrize("passed, outputs", [
+    # A slow KVM runs out of time at a stage that depends on the machine's load: seen here on one machine, 3 s
+    # printed nothing and 10 s reached long mode.
+    (False, ("", "R", "RP", "RPL")),
+    (True, ("RPL VFPROBE-OK",)),  # KVM boots (fast, or slower than emulation)
 ])
-def test_reasons_do_not_change_with_measured_times(monkeypatch, kvm_result):
-    """The reasons go into the host record: the same host must give the same reasons whatever the timings were,
-    or the compute_node role rewrites the record on every run (issue 21)."""
-    passed, _sentence, output = kvm_result
+def test_reasons_do_not_change_with_measured_times(monkeypatch, passed, outputs):
+    """The reasons go into the host record: the same host must give the same reasons whatever the timings were and
+    however far a slow guest got, or the compute_node role rewrites the record on every run (issue 21)."""
     verdicts = set()
-    for kvm_seconds, tcg_seconds in ((0.3, 0.5), (0.31, 0.7), (0.9, 0.6), (3.2, 0.4)):
+    for kvm_seconds, tcg_seconds, output in zip((0.3, 0.31, 0.9, 3.2), (0.5, 0.7, 0.6, 0.4), outputs * 4):
         sentence = kp.describe_probe("kvm", output.encode(), timed_out=not passed)[1]
         tcg = (True, kp.describe_probe("qemu", b"RPL VFPROBE-OK", False)[1], tcg_seconds, "RPL VFPROBE-OK")
         result, _calls = _decide(monkeypatch, "fallback", (passed, sentence, kvm_seconds, output), tcg)
