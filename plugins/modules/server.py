@@ -159,7 +159,7 @@ options:
       - The server group the server belongs to (Nova's server groups), as a name or a dict with C(name) and
         C(policy) (affinity, anti-affinity, soft-affinity, soft-anti-affinity).
       - Kept in the server's record, so the scheduler counts the server in its group on this host and the inventory
-        groups servers by it. Placement itself is the scheduler's job (M(virtfleet.compute.scheduler) lookup).
+        groups servers by it. Placement itself is the scheduler's job (lookup P(virtfleet.compute.scheduler#lookup)).
       - Omitted, an existing server keeps its group.
     type: raw
   availability_zone:

@@ -7,16 +7,14 @@ route to the package mirrors, so the packages are installed by a run outside it,
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
 
 import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.integration.conftest import PlaybookRun, _recap, ansible_env
+from tests.integration.private_host import PrivateHost
 
 TARGETS = os.path.join(REPO_ROOT, "tests/integration/targets/compute_node")
 NETNS = "vf-t5-ns"
@@ -27,99 +25,8 @@ def _sh(*cmd, **kwargs):
     return subprocess.run(list(cmd), check=kwargs.pop("check", True), capture_output=True, text=True, **kwargs)
 
 
-class PrivateHost:
-    """A libvirtd with its own config, state and socket (ENVIRONMENT.md), inside network namespace ``vf-t5-ns``."""
-
-    def __init__(self):
-        # Short: the socket path must fit in sun_path (108 bytes).
-        self.root = tempfile.mkdtemp(prefix="vf-t5-", dir="/tmp")
-        self.uri = "qemu+unix:///system?socket=%s/run/libvirt-sock" % self.root
-        self.venv = os.path.join(self.root, "venv")
-        self.proc = None
-
-    def setup(self):
-        root = self.root
-        for sub in ("run", "lib", "cache", "log"):
-            os.makedirs(os.path.join(root, sub))
-        shutil.copytree("/etc/libvirt", os.path.join(root, "etc"), symlinks=True)
-        # The copy must not bring the machine's domains, networks and pools along.
-        for sub in ("qemu", "qemu/networks", "qemu/networks/autostart", "storage", "storage/autostart"):
-            directory = os.path.join(root, "etc", sub)
-            for name in os.listdir(directory) if os.path.isdir(directory) else []:
-                if name.endswith(".xml"):
-                    os.unlink(os.path.join(directory, name))
-        with open(os.path.join(root, "etc", "libvirtd.conf"), "a") as handle:
-            handle.write('\nhost_uuid = "%s"\n' % _sh("cat", "/proc/sys/kernel/random/uuid").stdout.strip())
-        _sh("ip", "netns", "add", NETNS)
-        _sh("ip", "-n", NETNS, "link", "set", "lo", "up")
-        # The kernel here has no dummy interfaces; a veth pair stands in for the physical port.
-        _sh("ip", "-n", NETNS, "link", "add", "vf-t5-veth0", "type", "veth", "peer", "name", "vf-t5-veth1")
-        _sh("ip", "-n", NETNS, "link", "set", "vf-t5-veth1", "up")
-        self.start()
-
-    def start(self, listen=False):
-        root = self.root
-        script = (
-            "mount --bind {r}/run /run/libvirt && mount --bind {r}/etc /etc/libvirt && "
-            "mount --bind {r}/lib /var/lib/libvirt && mount --bind {r}/cache /var/cache/libvirt && "
-            "mount --bind {r}/log /var/log/libvirt && virtlogd -d -p /run/libvirt/virtlogd.pid && "
-            "exec libvirtd -p /run/libvirt/libvirtd.pid {listen}"
-        ).format(r=root, listen="--listen" if listen else "")
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", NETNS, "unshare", "--mount", "--propagation", "private", "--fork",
-             "sh", "-c", script], stdout=subprocess.DEVNULL, stderr=open(os.path.join(root, "libvirtd.err"), "a"))
-        sock = os.path.join(root, "run", "libvirt-sock")
-        deadline = time.monotonic() + 30
-        while not os.path.exists(sock):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the private libvirtd did not start: %s" % self._log())
-            time.sleep(0.1)
-        time.sleep(0.3)
-
-    def stop(self):
-        """Stop what the daemon started (domains, networks and their dnsmasq), then the daemons."""
-        import libvirt
-
-        try:
-            conn = libvirt.open(self.uri)
-            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-                dom.destroy()
-            for net in conn.listAllNetworks(libvirt.VIR_CONNECT_LIST_NETWORKS_ACTIVE):
-                net.destroy()
-            conn.close()
-        except libvirt.libvirtError:
-            pass
-        for name in ("libvirtd", "virtlogd"):
-            pidfile = os.path.join(self.root, "run", name + ".pid")
-            if os.path.exists(pidfile):
-                with open(pidfile) as handle:
-                    pid = int(handle.read().strip() or 0)
-                if pid:
-                    try:
-                        os.kill(pid, 15)
-                    except ProcessLookupError:
-                        pass
-                    for _attempt in range(100):
-                        if not os.path.exists("/proc/%d" % pid):
-                            break
-                        time.sleep(0.1)
-        if self.proc is not None:
-            self.proc.wait(timeout=30)
-            self.proc = None
-        sock = os.path.join(self.root, "run", "libvirt-sock")
-        if os.path.exists(sock):
-            os.unlink(sock)
-
-    def teardown(self):
-        try:
-            self.stop()
-        finally:
-            _sh("ip", "netns", "del", NETNS, check=False)
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def _log(self):
-        with open(os.path.join(self.root, "libvirtd.err")) as handle:
-            return handle.read()[-2000:]
+class RoleHost(PrivateHost):
+    """The private host of tests/integration/private_host.py, and the playbooks of the targets run against it."""
 
     def playbook(self, name, in_netns=False, check=False, **extravars):
         """Run a playbook of the targets against this host, inside the namespace if asked."""
@@ -130,7 +37,7 @@ class PrivateHost:
         if check:
             cmd.append("--check")
         if in_netns:
-            cmd = ["ip", "netns", "exec", NETNS] + cmd
+            cmd = ["ip", "netns", "exec", self.netns] + cmd
         env = ansible_env(dict(ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default"))
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
         return PlaybookRun(proc, _recap(proc.stdout))
@@ -140,7 +47,7 @@ class PrivateHost:
 def host(uri):
     if subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout.find(NETNS) >= 0:
         subprocess.run(["ip", "netns", "del", NETNS], check=False)
-    private = PrivateHost()
+    private = RoleHost(netns=NETNS, prefix="vf-t5")
     try:
         private.setup()
         yield private
@@ -174,26 +81,65 @@ def test_converge_twice_in_a_network_namespace(host):
     assert "vf-t5-br0" not in _sh("ip", "-br", "link").stdout
 
 
+def _stranger_pki(host):
+    """A client with a certificate from a CA of its own, and the same subject as the controller's certificate.
+
+    Its cacert.pem holds both CAs: the role's, so virsh trusts the server, and its own, so virsh accepts its own
+    certificate (virsh refuses to present a certificate its CA file does not verify, before it connects). So the
+    client does connect, and only the daemon can refuse it: it must, since the stranger's CA is not its CA."""
+    stranger = os.path.join(host.root, "stranger")
+    os.makedirs(stranger)
+
+    def path(name):
+        return os.path.join(stranger, name)
+
+    _sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/O=virtfleet/CN=stranger CA",
+        "-days", "1", "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout", path("ca-key.pem"),
+        "-out", path("ca-cert.pem"))
+    _sh("openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/O=virtfleet/CN=virtfleet controller",
+        "-keyout", path("clientkey.pem"), "-out", path("client.csr"))
+    with open(path("client.ext"), "w") as handle:
+        handle.write("basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature, keyEncipherment\n"
+                     "extendedKeyUsage = clientAuth\n")
+    _sh("openssl", "x509", "-req", "-in", path("client.csr"), "-CA", path("ca-cert.pem"), "-CAkey", path("ca-key.pem"),
+        "-set_serial", "7", "-days", "1", "-extfile", path("client.ext"), "-out", path("clientcert.pem"))
+    with open(path("cacert.pem"), "w") as handle:
+        for ca in (os.path.join(host.root, "ca", "client", "cacert.pem"), path("ca-cert.pem")):
+            with open(ca) as source:
+                handle.write(source.read())
+    return stranger
+
+
+def _virsh_tls(host, pkipath):
+    uri = "qemu+tls://localhost:%d/system?pkipath=%s" % (TLS_PORT, pkipath)
+    return _sh("ip", "netns", "exec", host.netns, "virsh", "-c", uri, "uri", check=False)
+
+
+# What virsh says when the daemon, after the TLS handshake, refuses the client's certificate: the server never
+# sends its confirmation byte (libvirt's virNetClientSetTLSSession). Not to be confused with the client refusing
+# its own certificate ("Our own certificate ... failed validation"), or a server it does not trust.
+SERVER_REFUSAL = "server verification (of our certificate or IP address) failed"
+
+
 def test_tls_connection_with_the_role_certificates(host):
-    """After converge: libvirtd restarted with --listen accepts qemu+tls:// with the controller's certificate."""
+    """After converge: libvirtd restarted with --listen accepts qemu+tls:// with the controller's certificate, and
+    refuses a client whose certificate comes from another CA (issue 22: the refusal must be the server's)."""
     if not os.path.exists(os.path.join(host.root, "ca", "client", "clientcert.pem")):
         pytest.fail("converge did not make the TLS material (run the whole module)")
     host.stop()
     host.start(listen=True)
-    name = "localhost"
-    tls_uri = "qemu+tls://%s:%d/system?pkipath=%s/ca/client" % (name, TLS_PORT, host.root)
-    proc = _sh("ip", "netns", "exec", NETNS, "virsh", "-c", tls_uri, "uri", check=False)
+    proc = _virsh_tls(host, os.path.join(host.root, "ca", "client"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().startswith("qemu+tls://")
-    # Without a certificate from the CA the daemon refuses the client.
-    stranger = os.path.join(host.root, "stranger")
-    os.makedirs(stranger)
-    shutil.copy(os.path.join(host.root, "ca", "client", "cacert.pem"), stranger)
-    _sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=stranger", "-days", "1",
-        "-keyout", os.path.join(stranger, "clientkey.pem"), "-out", os.path.join(stranger, "clientcert.pem"))
-    refused = _sh("ip", "netns", "exec", NETNS, "virsh", "-c",
-                  "qemu+tls://%s:%d/system?pkipath=%s" % (name, TLS_PORT, stranger), "uri", check=False)
-    assert refused.returncode != 0
+
+    stranger = _stranger_pki(host)
+    refused = _virsh_tls(host, stranger)
+    assert refused.returncode != 0, refused.stdout
+    # The client got as far as the server's verdict: it trusted the server and its own certificate...
+    assert "Our own certificate" not in refused.stderr, refused.stderr
+    assert "server" in refused.stderr and "certificate" in refused.stderr, refused.stderr
+    # ...and the daemon said no.
+    assert SERVER_REFUSAL in refused.stderr, refused.stderr
 
 
 def test_require_kvm_fails_with_the_reasons(host):
