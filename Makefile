@@ -25,7 +25,7 @@ demo: deps libvirtd image
 	ansible-playbook playbooks/site.yml
 
 test: deps libvirtd image
-	$(MAKE) lint sanity units integration
+	$(MAKE) lint docs-test sanity units matrix integration molecule
 
 deps: system-deps venv link
 
@@ -62,6 +62,7 @@ lint: link
 	ruff check .
 	yamllint -s .
 	ansible-lint --profile production playbooks roles inventory tests/integration/targets
+	antsibull-changelog lint
 
 # ansible-test wants the collection at ansible_collections/<ns>/<name> as a real directory: test a copy.
 sanity: link
@@ -101,3 +102,66 @@ lab-down: venv
 
 clean:
 	rm -rf build .pytest_cache .hypothesis
+
+# -- the Ansible ecosystem (issue 20): molecule, the docs site, the version matrix, releases -------------------------
+.PHONY: ecosystem-deps molecule docs docs-test matrix matrix-core release
+
+# Debian packages of the targets below, installed only when missing: sshd for molecule's compute host, Chromium and
+# its WebDriver for the docs site's browser test.
+ECOSYSTEM_PACKAGES := openssh-server chromium chromium-driver
+
+ecosystem-deps:
+	@$(MAKE) -s system-deps SYSTEM_PACKAGES="$(ECOSYSTEM_PACKAGES)"
+
+# `molecule test` in each role (roles/*/molecule/default): converge, idempotence, verify. compute_node runs over SSH
+# on a private libvirtd in a network namespace; image_builder builds a small image and boots it to a login prompt.
+MOLECULE_ROLES ?= compute_node image_builder
+
+molecule: ecosystem-deps link libvirtd
+	set -e; for role in $(MOLECULE_ROLES); do (cd roles/$$role && molecule test); done
+
+# The documentation site (docs/site/build.py): antsibull-docs from the plugin docs, the guides of docs/, Sphinx with
+# warnings as errors, every link checked. docs-test looks at it in headless Chromium (screenshots in build/docs/).
+docs: link
+	python docs/site/build.py
+
+docs-test: ecosystem-deps docs
+	python -m pytest -q -p no:cacheprovider tests/docs
+
+# The version matrix: unit tests and sanity with the oldest ansible-core meta/runtime.yml promises, in a virtualenv
+# of its own (the newest, 2.19 on this Python, is the one in $(VENV) that `make units sanity` use). `make matrix
+# MATRIX_CORES="2.16 2.19"` runs both in their own virtualenvs.
+MATRIX_DIR ?= /var/tmp/virtfleet-matrix
+MATRIX_CORES ?= $(shell sed -n 's/^requires_ansible: *">=\([0-9]*\.[0-9]*\).*/\1/p' meta/runtime.yml)
+
+matrix: link
+	@test -n "$(MATRIX_CORES)" || { echo "no ansible-core floor in meta/runtime.yml"; exit 2; }
+	set -e; for core in $(MATRIX_CORES); do $(MAKE) matrix-core CORE=$$core; done
+
+matrix-core:
+	test -x $(MATRIX_DIR)/core-$(CORE)/bin/python || $(PYTHON) -m venv $(MATRIX_DIR)/core-$(CORE)
+	$(MATRIX_DIR)/core-$(CORE)/bin/pip install -q -r requirements-matrix.txt "ansible-core==$(CORE).*"
+	@echo "== ansible-core $$($(MATRIX_DIR)/core-$(CORE)/bin/python -c 'import ansible; print(ansible.__version__)')"
+	$(MAKE) units sanity VENV=$(MATRIX_DIR)/core-$(CORE) SANITY_DIR=$(MATRIX_DIR)/sanity-$(CORE)
+
+# A release (docs/development.md, "Releases"): on a clean checkout of main after a green `make test`,
+#   make release VERSION=x.y.z [RELEASE_SUMMARY="one paragraph"]
+# sets the version in galaxy.yml, turns the changelog fragments into CHANGELOG.rst (antsibull-changelog), builds the
+# collection tarball into build/, commits "Release x.y.z" and tags it x.y.z. Pushing is left to you.
+release: link
+	@echo "$(VERSION)" | grep -Eq '^[0-9]+\.[0-9]+\.[0-9]+$$' || { echo "usage: make release VERSION=x.y.z"; exit 2; }
+	@test -z "$$(git status --porcelain)" || { echo "release: the checkout has uncommitted or untracked files"; exit 2; }
+	@! git rev-parse -q --verify "refs/tags/$(VERSION)" >/dev/null || { echo "release: tag $(VERSION) exists"; exit 2; }
+	@current=$$(sed -n 's/^version: *//p' galaxy.yml); \
+	if [ "$$current" != "$(VERSION)" ] && [ "$$(printf '%s\n%s\n' "$$current" "$(VERSION)" | sort -V | tail -n 1)" != "$(VERSION)" ]; then \
+		echo "release: $(VERSION) is older than galaxy.yml's $$current"; exit 2; fi
+	antsibull-changelog lint
+	@if [ -n "$(RELEASE_SUMMARY)" ]; then printf -- '---\nrelease_summary: |\n  %s\n' "$(RELEASE_SUMMARY)" \
+		> changelogs/fragments/$(VERSION).yml; fi
+	sed -i 's/^version: .*/version: $(VERSION)/' galaxy.yml
+	antsibull-changelog release --version $(VERSION)
+	ansible-galaxy collection build --force --output-path build/
+	git add -A galaxy.yml CHANGELOG.rst changelogs
+	git commit -q -m "Release $(VERSION)"
+	git tag -a $(VERSION) -m "virtfleet.compute $(VERSION)"
+	@echo "released $(VERSION): build/virtfleet-compute-$(VERSION).tar.gz; push with: git push origin HEAD $(VERSION)"
