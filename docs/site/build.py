@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build the documentation site and check its links: `make docs` runs this.
 
 1. antsibull-docs renders the collection's plugin and role documentation (DOCUMENTATION, EXAMPLES, RETURN and
