@@ -67,8 +67,9 @@ lint: link
 # ansible-test wants the collection at ansible_collections/<ns>/<name> as a real directory: test a copy.
 sanity: link
 	@# ansible-test bootstraps pip in its venvs with a script from a host these machines cannot reach: give it ours.
-	@pipver=$$(grep -o "pip='[0-9.]*'" $$(python -c 'import ansible_test, os; print(os.path.dirname(ansible_test.__file__))')/_internal/python_requirements.py | tr -dc '0-9.' | tr . _); \
-	mkdir -p ~/.ansible/test/cache && cp scripts/ansible-test-get-pip.py ~/.ansible/test/cache/get_pip_$$pipver.py
+	@# ansible-core 2.16 names one pip version per Python version: a copy for each.
+	@mkdir -p ~/.ansible/test/cache && for pipver in $$(grep -o "pip='[0-9.]*'" $$(python -c 'import ansible_test, os; print(os.path.dirname(ansible_test.__file__))')/_internal/python_requirements.py | tr -dc '0-9.\n' | tr . _); do \
+		cp scripts/ansible-test-get-pip.py ~/.ansible/test/cache/get_pip_$$pipver.py; done
 	rm -rf $(SANITY_DIR) && mkdir -p $(SANITY_DIR)/ansible_collections/virtfleet
 	rsync -a --exclude .git --exclude .ansible --exclude build --exclude .venv --exclude '.*cache' --exclude '__pycache__' \
 		--exclude .hypothesis ./ $(SANITY_DIR)/ansible_collections/virtfleet/compute/

@@ -55,7 +55,7 @@ def rewrite_links(text, repo_url):
         target = match.group(2)
         if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
             return match.group(0)
-        path, _, fragment = target.partition("#")
+        path, _sep, fragment = target.partition("#")
         resolved = os.path.normpath(os.path.join(DOCS, path))
         inside_docs = os.path.dirname(resolved) == DOCS and resolved.endswith(".md")
         if inside_docs or not os.path.exists(resolved) or not resolved.startswith(REPO + os.sep):
@@ -72,7 +72,7 @@ def rewrite_links(text, repo_url):
 # build
 
 def run(cmd, **kwargs):
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
     if proc.returncode != 0:
         raise SiteError("%s failed (%d):\n%s%s" % (" ".join(cmd[:3]), proc.returncode, proc.stdout[-4000:],
                                                    proc.stderr[-4000:]))
