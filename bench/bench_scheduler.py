@@ -39,7 +39,7 @@ def _import_scheduler():
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink(REPO_ROOT, link)
     sys.path.insert(0, base)
-    from ansible_collections.virtfleet.compute.plugins.module_utils import _scheduler
+    from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import scheduler as _scheduler
 
     return _scheduler
 

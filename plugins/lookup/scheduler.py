@@ -252,7 +252,7 @@ from collections.abc import Mapping  # noqa: E402
 from ansible.errors import AnsibleLookupError  # noqa: E402
 from ansible.plugins.lookup import LookupBase  # noqa: E402
 
-from ansible_collections.virtfleet.compute.plugins.module_utils import _scheduler  # noqa: E402
+from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import scheduler as _scheduler  # noqa: E402
 
 # Only these variables are read from each host: the rest of hostvars is never touched (nor templated).
 HOST_KEYS = (

@@ -2058,6 +2058,6 @@ def _thin(samples, keep):
 
 def _scheduler():
     """The pure scheduler (module_utils/_scheduler.py), shipped with the module like every module_utils file."""
-    from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import NoValidHost, schedule
+    from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler.scheduler import NoValidHost, schedule
 
     return schedule, NoValidHost

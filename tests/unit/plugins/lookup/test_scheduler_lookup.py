@@ -19,7 +19,7 @@ from ansible.errors import AnsibleLookupError
 from ansible.plugins.loader import lookup_loader
 
 from ansible_collections.virtfleet.compute.plugins.lookup import scheduler as plugin_module
-from ansible_collections.virtfleet.compute.plugins.module_utils import _scheduler
+from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import scheduler as _scheduler
 
 SMALL = {"name": "m1.small", "vcpus": 1, "ram_mb": 2048, "disk_gb": 20}
 FQCN = "virtfleet.compute.scheduler"

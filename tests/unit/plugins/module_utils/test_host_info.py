@@ -13,7 +13,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity, _scheduler
+from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity
+from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import scheduler as _scheduler
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
     DomainSpec,
     ServerRecord,

@@ -10,8 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity
-from ansible_collections.virtfleet.compute.plugins.module_utils import _scheduler as sched
-from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import (
+from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import filters as F
+from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import inputs
+from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import scheduler as sched
+from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler.scheduler import (
     NoValidHost,
     Scheduler,
     SchedulerInputError,
@@ -146,7 +148,7 @@ def test_aggregate_filter_ignores_other_scopes():
     ("2", "=", False),
 ])
 def test_match_extra_spec(value, requirement, matches):
-    assert sched.match_extra_spec(value, requirement) is matches
+    assert F.match_extra_spec(value, requirement) is matches
 
 
 @pytest.mark.parametrize("traits, specs, reason", [
@@ -451,7 +453,7 @@ def test_soft_weight_multipliers_must_not_be_negative():
 
 def test_unknown_weigher_is_refused():
     with pytest.raises(SchedulerInputError, match="unknown weigher"):
-        Scheduler([host("h1")], weights={"io_ops": 1})
+        Scheduler([host("h1")], weights={"io_operations": 1})
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -519,10 +521,19 @@ def test_batch_consumes_capacity():
 
 
 def test_stacking_fills_a_host_before_the_next():
+    # Nova's IoOpsWeigher spreads the servers of one request: stacking needs its multiplier at 0 too.
+    hosts = [host(name, memory_mb=8192, **PLAIN) for name in ("h1", "h2", "h3")]
+    placed = schedule([server("s%d" % i, flavor=flavor(ram_mb=4096)) for i in range(4)], hosts,
+                      weights={"ram": -1.0, "cpu": -1.0, "disk": -1.0, "io_ops": 0.0})
+    assert hosts_of(placed) == ["h1", "h1", "h2", "h2"]
+
+
+def test_stacking_multipliers_alone_still_spread_a_request_over_equal_hosts():
+    # Nova: ram/cpu/disk -1 and io_ops -1 on identical empty hosts; every placement tips the balance once more.
     hosts = [host(name, memory_mb=8192, **PLAIN) for name in ("h1", "h2", "h3")]
     placed = schedule([server("s%d" % i, flavor=flavor(ram_mb=4096)) for i in range(4)], hosts,
                       weights={"ram": -1.0, "cpu": -1.0, "disk": -1.0})
-    assert hosts_of(placed) == ["h1", "h1", "h2", "h2"]
+    assert hosts_of(placed) == ["h1", "h2", "h3", "h3"]
 
 
 def test_one_failure_fails_the_batch_by_default():
@@ -650,14 +661,14 @@ def test_cached_reasons_equal_a_fresh_evaluation():
     hosts = synthetic_hosts(12, 5)
     servers = synthetic_servers(300, 6)
     sch = Scheduler(hosts, max_instances_per_host=12)
-    parsed = [sched._parse_server(s, "s", {}) for s in servers]
+    parsed = [inputs.parse_server(s, "s", sch.options, {}) for s in servers]
     for req in parsed:
         try:
-            sch._place(req)
+            sch.place_request(req)
         except NoValidHost as exc:
             fresh = {}
             for idx, name in enumerate(sch.hosts):
-                rejected = sch._first_rejection(idx, req)
+                rejected = sch.first_rejection(idx, req)
                 fresh[name] = "%s: %s" % rejected if rejected else "passes the filters"
             assert exc.reasons == fresh
 
@@ -838,10 +849,10 @@ def test_property_failing_batch_raises_for_the_first_unplaceable(hosts, batch):
 def test_property_cached_reasons_equal_a_fresh_evaluation(hosts, batch):
     sch = Scheduler(hosts, max_instances_per_host=4, seed=0)
     for i, request in enumerate(batch):
-        req = sched._parse_server(request, "servers[%d]" % i, {})
+        req = inputs.parse_server(request, "servers[%d]" % i, sch.options, {})
         try:
             sch._check_group(req, "servers[%d]" % i)
-            sch._place(req)
+            sch.place_request(req)
         except SchedulerInputError:
             return
         except NoValidHost as exc:
@@ -849,6 +860,6 @@ def test_property_cached_reasons_equal_a_fresh_evaluation(hosts, batch):
                 continue
             fresh = {}
             for idx, name in enumerate(sch.hosts):
-                rejected = sch._first_rejection(idx, req)
+                rejected = sch.first_rejection(idx, req)
                 fresh[name] = "%s: %s" % rejected if rejected else "passes the filters"
             assert exc.reasons == fresh
