@@ -107,7 +107,8 @@ def test_input_errors_become_lookup_errors(lookup):
 def test_options_reach_the_scheduler(lookup):
     servers = [{"name": "s%d" % i, "flavor": SMALL} for i in range(3)]
     stacked = lookup.run([], variables={}, servers=servers, hosts=records(), ram_weight_multiplier=-1.0,
-                         cpu_weight_multiplier=-1.0, disk_weight_multiplier=-1.0, alternates=0)
+                         cpu_weight_multiplier=-1.0, disk_weight_multiplier=-1.0, io_ops_weight_multiplier=0.0,
+                         alternates=0)
     assert [r["host"] for r in stacked] == ["h1", "h1", "h1"]
     assert all(r["alternates"] == [] for r in stacked)
     limited = lookup.run([], variables={}, servers=servers, hosts=records(), max_instances_per_host=1,
@@ -118,6 +119,19 @@ def test_options_reach_the_scheduler(lookup):
     assert zoned[0]["host"] == "h2"
     only_ram = lookup.run([], variables={}, servers=servers[:1], hosts=records(), enabled_filters=["RamFilter"])
     assert only_ram[0]["host"] == "h2"
+    # Nova's I/O weigher alone spreads a request of identical servers; nova's zone restricts nothing when asked to.
+    spread = lookup.run([], variables={}, servers=servers[:2], hosts=records()[1:] + [dict(records()[1], name="h3")],
+                        ram_weight_multiplier=0.0, cpu_weight_multiplier=0.0, disk_weight_multiplier=0.0)
+    assert [r["host"] for r in spread] == ["h2", "h3"]
+    zoned = [dict(records()[1], availability_zone="az1")]
+    anywhere = lookup.run([], variables={}, servers=[{"name": "a", "flavor": SMALL, "availability_zone": "nova"}],
+                          hosts=zoned, restrict_default_availability_zone=False)
+    assert anywhere[0]["host"] == "h2"
+    allocation = lookup.run([], variables={}, servers=servers[:1], resource_weighers="allocation", hosts=[
+        dict(records()[1], name="big-ratio", ram_allocation_ratio=3.0, memory_mb_used=6000),
+        dict(records()[1], name="plain", ram_allocation_ratio=1.0)], cpu_weight_multiplier=0.0,
+        disk_weight_multiplier=0.0)
+    assert allocation[0]["host"] == "big-ratio"
 
 
 def test_seed_and_subset(lookup):
@@ -133,11 +147,14 @@ def test_documented_defaults_match_the_scheduler():
     options = yaml.safe_load(plugin.DOCUMENTATION)["options"]
     assert options["enabled_filters"]["default"] == list(_scheduler.DEFAULT_FILTERS)
     defaults = _scheduler.Weights()
-    for name in ("ram", "cpu", "disk", "num_instances", "soft_affinity", "soft_anti_affinity"):
+    for name in _scheduler.Weights.__dataclass_fields__:
         assert options["%s_weight_multiplier" % name]["default"] == getattr(defaults, name)
     signature = _scheduler.Scheduler.__init__.__kwdefaults__
-    for name in ("host_subset_size", "alternates", "max_instances_per_host", "default_availability_zone"):
+    for name in ("host_subset_size", "alternates", "max_instances_per_host", "max_io_ops_per_host",
+                 "default_availability_zone", "restrict_default_availability_zone", "match_unscoped_extra_specs",
+                 "resource_weighers", "shuffle_best_same_weighed_hosts"):
         assert options[name]["default"] == signature[name]
+    assert options["resource_weighers"]["choices"] == list(_scheduler.RESOURCE_WEIGHERS)
     assert list(options) == sorted(options)
     yaml.safe_load(plugin.EXAMPLES)
     yaml.safe_load(plugin.RETURN)
