@@ -247,8 +247,10 @@ def _caps_view(host, name):
         "total_usable_ram_mb": host.get("memory_mb"),
         "total_usable_disk_gb": host.get("local_gb"),
     }
-    stats = host.get("stats") or {}
-    return {"attrs": {k: v for k, v in view.items() if v is not None}, "stats": dict(stats)}
+    stats = dict(host.get("stats") or {})
+    # Nova's HostState has a stats attribute too: capabilities:stats:KEY walks into it.
+    view["stats"] = stats
+    return {"attrs": {k: v for k, v in view.items() if v is not None}, "stats": stats}
 
 
 def _supported_instances(host, where):
