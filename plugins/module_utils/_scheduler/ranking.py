@@ -33,13 +33,14 @@ class Pool:
     """The hosts that passed a request shape's static filters and fitted one flavor size when a request started."""
 
     __slots__ = ("res", "members", "order", "lists", "keys", "ref", "rank", "s0", "excess", "seen", "unfit")
+    # lists: [(slot, _HEAP or _SORTED, entries)]
 
     def __init__(self, res):
         self.res = res
         self.members = set()
         self.order = []  # member indexes, ascending
-        self.lists = []  # [(slot, [(value, idx), ...])]
-        self.keys = {}  # idx -> its value in each of ``lists``, to find and remove it
+        self.lists = []  # [(slot, kind, entries)]: a max-heap [(-value, idx)] or a sorted list [(value, idx)]
+        self.keys = {}  # idx -> its value in each sorted list (None for heaps), to find and remove it
         self.ref = None  # ((slot, lo, range), ...) that ``s0`` was computed with
         self.rank = []  # [(-s0, idx)], best first
         self.s0 = {}  # idx -> score under ``ref``
@@ -137,9 +138,15 @@ def _compare(s, g, h):
     return -1 if g < h else 1
 
 
+def _by_weight(item):
+    return -item[0]
+
+
 def ordered(s, scored):
     """``[(score, idx)]`` sorted as Nova sorts: by weight, highest first, ties by the request's history."""
-    scored = sorted(scored, key=lambda item: -item[0])
+    scored = sorted(scored, key=_by_weight)
+    if len({value for value, _i in scored}) == len(scored):
+        return scored  # no ties
     out = []
     start = 0
     while start < len(scored):
@@ -156,7 +163,9 @@ def ordered(s, scored):
 # pools
 
 def _rebuild(s, pool, params):
-    order = pool.order
+    # In the order of the last ranking: the new one is nearly the same, and Python's sort is fast on nearly sorted
+    # input. Ties are broken by host index either way.
+    order = [i for _neg, i in pool.rank] if len(pool.rank) == len(pool.order) else pool.order
     totals = [0.0] * len(order)
     mult, xv = s.t.mult, s.xv
     # Column by column, with the additions in score()'s order: the same floats, a third of the time.
@@ -169,9 +178,17 @@ def _rebuild(s, pool, params):
     pool.excess = 0
 
 
+def _heap_of(s, slot, order):
+    heap = [(-s.xv[slot][i], i) for i in order]
+    heapq.heapify(heap)
+    return heap
+
+
 def _remove(pool, idx):
-    for (_slot, entries), key in zip(pool.lists, pool.keys[idx]):
-        del entries[bisect_left(entries, (key, idx))]
+    for (slot, kind, entries), key in zip(pool.lists, pool.keys[idx]):
+        if kind is _SORTED:
+            del entries[bisect_left(entries, (key, idx))]
+        # heaps drop the host lazily: it is no member any more
     if pool.ref is not None:
         del pool.rank[bisect_left(pool.rank, (-pool.s0[idx], idx))]
         del pool.s0[idx]
@@ -179,6 +196,12 @@ def _remove(pool, idx):
     pool.unfit.discard(idx)
     del pool.keys[idx]
     del pool.order[bisect_left(pool.order, idx)]
+
+
+# How a pool follows each weigher's range: weighers normalized from 0 (Nova's minval = 0) only need the maximum,
+# kept in a max-heap whose outdated entries are dropped when they surface; the others need both ends, kept in a
+# sorted list.
+_HEAP, _SORTED = "heap", "sorted"
 
 
 def get_pool(s, req, at_start):
@@ -197,10 +220,15 @@ def get_pool(s, req, at_start):
         keys = {i: [] for i in pool.order}
         for slot in s.slots:
             x = xv[slot]
+            if slot in W.MINVAL_ZERO:
+                pool.lists.append((slot, _HEAP, _heap_of(s, slot, pool.order)))
+                for i in pool.order:
+                    keys[i].append(None)
+                continue
             entries = sorted((x[i], i) for i in pool.order)
             for value, i in entries:
                 keys[i].append(value)
-            pool.lists.append((slot, entries))
+            pool.lists.append((slot, _SORTED, entries))
         pool.keys = {i: tuple(v) for i, v in keys.items()}
         pool.seen = len(s.log)
         s.pools[key] = pool
@@ -213,7 +241,12 @@ def get_pool(s, req, at_start):
     if pool.seen != len(s.log):
         changed = set(s.log[pool.seen:])
         pool.seen = len(s.log)
-        members, ref = pool.members, pool.ref
+        members, ref, rank, s0 = pool.members, pool.ref, pool.rank, pool.s0
+        push = heapq.heappush
+        sorted_lists = any(kind is _SORTED for _slot, kind, _entries in pool.lists)
+        heaps = [(xv[slot], entries) for slot, kind, entries in pool.lists if kind is _HEAP]
+        # score() inlined, as in top()
+        columns = [(s.t.mult[slot], xv[slot], lo, rng) for slot, lo, rng in ref or ()]
         for idx in changed:
             if idx not in members:
                 continue
@@ -224,34 +257,98 @@ def get_pool(s, req, at_start):
                 continue
             if not fits:
                 pool.unfit.add(idx)
-            for (_slot, entries), key in zip(pool.lists, pool.keys[idx]):
-                del entries[bisect_left(entries, (key, idx))]
-            new = []
-            for slot, entries in pool.lists:
-                value = xv[slot][idx]
-                insort(entries, (value, idx))
-                new.append(value)
-            pool.keys[idx] = tuple(new)
+            if sorted_lists:
+                new = []
+                for (slot, kind, entries), old in zip(pool.lists, pool.keys[idx]):
+                    value = xv[slot][idx]
+                    if kind is _HEAP:
+                        push(entries, (-value, idx))  # the old entry no longer matches the host's value: outdated
+                        new.append(None)
+                        continue
+                    del entries[bisect_left(entries, (old, idx))]
+                    insort(entries, (value, idx))
+                    new.append(value)
+                pool.keys[idx] = tuple(new)
+            else:
+                for x, entries in heaps:
+                    push(entries, (-x[idx], idx))
             if ref is not None:
-                del pool.rank[bisect_left(pool.rank, (-pool.s0[idx], idx))]
-                value = pool.s0[idx] = score(s, ref, None, idx)
-                insort(pool.rank, (-value, idx))
+                del rank[bisect_left(rank, (-s0[idx], idx))]
+                value = 0.0
+                for m, x, lo, rng in columns:
+                    value += m[idx] * ((x[idx] - lo) / rng)
+                s0[idx] = value
+                insort(rank, (-value, idx))
+        for slot, kind, entries in pool.lists:
+            if kind is _HEAP and len(entries) > 3 * len(members) + 64:
+                entries[:] = _heap_of(s, slot, pool.order)
     return pool
 
 
-def pool_params(s, pool, excluded):
-    """The current normalization over the pool's members minus ``excluded``, from the sorted lists' ends."""
-    params = []
-    for slot, entries in pool.lists:
-        if excluded:
-            lo = next(value for value, idx in entries if idx not in excluded)
-            hi = next(value for value, idx in reversed(entries) if idx not in excluded)
+def _heap_max(s, pool, slot, heap, excluded):
+    """The largest current value of a member not ``excluded`` (0 when there is none), dropping outdated entries."""
+    x, members = s.xv[slot], pool.members
+    aside = []
+    found = 0
+    while heap:
+        neg, i = heap[0]
+        if i not in members or -neg != x[i]:
+            heapq.heappop(heap)
+            continue
+        if i in excluded:
+            aside.append(heapq.heappop(heap))
+            continue
+        found = -neg
+        break
+    for entry in aside:
+        heapq.heappush(heap, entry)
+    return found
+
+
+def _ends(s, pool, excluded):
+    """Per weigher of the pool: (slot, lowest, highest value) over the members not ``excluded``."""
+    out = []
+    for slot, kind, entries in pool.lists:
+        if kind is _HEAP:
+            out.append((slot, 0, _heap_max(s, pool, slot, entries, excluded)))
+        elif excluded:
+            out.append((slot, next(value for value, idx in entries if idx not in excluded),
+                        next(value for value, idx in reversed(entries) if idx not in excluded)))
         else:
-            lo, hi = entries[0][0], entries[-1][0]
-        found = W.normalize_params(slot, (lo, hi))
+            out.append((slot, entries[0][0], entries[-1][0]))
+    return out
+
+
+def pool_params(s, pool, excluded):
+    """The current normalization over the pool's members minus ``excluded``."""
+    params = []
+    for slot, lo, hi in _ends(s, pool, excluded):
+        found = W.normalize_params(slot, (hi,) if slot in W.MINVAL_ZERO else (lo, hi))
         if found is not None:
             params.append((slot,) + found)
     return tuple(params)
+
+
+REBUILD_DRIFT = 0.01
+
+
+def _drift(s, pool, params):
+    """How far any member's score can have moved since ``pool.ref``: each term is affine in its value, so the
+    largest change is at the ends of the value range."""
+    cur = {p[0]: p for p in params}
+    ref = {p[0]: p for p in pool.ref}
+    delta = 0.0
+    for slot, lo, hi in _ends(s, pool, ()):
+        c, r = cur.get(slot), ref.get(slot)
+        if c is None and r is None:
+            continue
+        gap = 0.0
+        for x in (lo, hi):
+            t = (x - c[1]) / c[2] if c else 0.0
+            t0 = (x - r[1]) / r[2] if r else 0.0
+            gap = max(gap, abs(t - t0))
+        delta += s.mabs[slot] * gap
+    return delta
 
 
 def top(s, pool, excluded, params, soft, group_on, k):
@@ -262,6 +359,12 @@ def top(s, pool, excluded, params, soft, group_on, k):
     """
     if pool.ref is None or pool.excess > len(pool.members):
         _rebuild(s, pool, params)
+    delta = 0.0 if params == pool.ref else _drift(s, pool, params)
+    if delta > REBUILD_DRIFT * s.span:
+        # A drift this large (typically the I/O weigher's maximum going up by one) would have the scan score a
+        # good part of the pool: ranking it afresh costs less.
+        _rebuild(s, pool, params)
+        delta = 0.0
     scored = []
     if soft is None and params == pool.ref:
         # The reference scores are the scores: take the first k, and whoever ties with the k-th.
@@ -272,19 +375,6 @@ def top(s, pool, excluded, params, soft, group_on, k):
                 break
             scored.append((-neg, i))
         return scored
-    cur = {p[0]: p for p in params}
-    ref = {p[0]: p for p in pool.ref}
-    delta = 0.0
-    for slot, entries in pool.lists:
-        c, r = cur.get(slot), ref.get(slot)
-        if c is None and r is None:
-            continue
-        gap = 0.0
-        for x in (entries[0][0], entries[-1][0]):
-            t = (x - c[1]) / c[2] if c else 0.0
-            t0 = (x - r[1]) / r[2] if r else 0.0
-            gap = max(gap, abs(t - t0))
-        delta += s.mabs[slot] * gap
     limit = delta + s.eps
     heap = []  # the k best scores so far
     seen = set(excluded)
@@ -301,18 +391,27 @@ def top(s, pool, excluded, params, soft, group_on, k):
             elif value > heap[0]:
                 heapq.heapreplace(heap, value)
     scanned = 0
+    # score() inlined for the hosts without group members (soft value 0): this loop is the scheduler's hot spot.
+    columns = [(s.t.mult[slot], s.xv[slot], lo, rng) for slot, lo, rng in params]
+    soft_mult = s.t.soft_mult
+    soft_zero = None if soft is None else (soft[0], (0 - soft[2]) / soft[3])
+    push, replace = heapq.heappush, heapq.heapreplace
     for neg, i in pool.rank:
         if len(heap) >= k and limit - neg < heap[0]:
             break
         if i in seen:
             continue
         scanned += 1
-        value = score(s, params, soft, i)
+        value = 0.0
+        for m, x, lo, rng in columns:
+            value += m[i] * ((x[i] - lo) / rng)
+        if soft_zero is not None:
+            value += soft_mult[i][soft_zero[0]] * soft_zero[1]
         scored.append((value, i))
         if len(heap) < k:
-            heapq.heappush(heap, value)
+            push(heap, value)
         elif value > heap[0]:
-            heapq.heapreplace(heap, value)
+            replace(heap, value)
     pool.excess += max(scanned - k, 0)
     if len(heap) >= k:
         threshold = heap[0]

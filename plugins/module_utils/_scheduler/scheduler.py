@@ -267,6 +267,8 @@ class Scheduler:
         self.mabs = {slot: max((abs(m) for m in t.mult[slot]), default=0.0) for slot in W.ORDER}
         self.smax = tuple(max((sm[w] for sm in t.soft_mult), default=0.0) for w in (0, 1))
         self.soft_active = tuple(any(sm[w] for sm in t.soft_mult) for w in (0, 1))
+        # The range scores can span: the scan's margin and the drift that makes ranking afresh worth it scale with it.
+        self.span = sum(self.mabs[slot] for slot in self.slots) + sum(abs(x) for x in self.smax) or 1.0
         # Scores are sums of at most these magnitudes; rounding errors stay far below this margin.
         self.eps = 1e-9 * (1.0 + sum(self.mabs[slot] for slot in self.slots) + sum(abs(x) for x in self.smax))
         self.pools: dict = {}
@@ -300,9 +302,11 @@ class Scheduler:
     def fits(self, i, res, before=None):
         """Placement's check of ``res`` on host ``i`` now (or with the usage ``before``)."""
         t = self.t
+        resource_fits = _capacity.resource_fits
         for r in self.res_filters:
-            used = t.used[r][i] if before is None else before[r]
-            if not _capacity.resource_fits(res[r], used, t.cap[r][i], t.maxu[r][i]):
+            amount = res[r]
+            if amount and not resource_fits(amount, t.used[r][i] if before is None else before[r], t.cap[r][i],
+                                            t.maxu[r][i]):
                 return False
         return True
 
@@ -458,9 +462,14 @@ class Scheduler:
         while True:
             scored = ranking.top(self, pool, excluded, params, soft, group_on, k)
             order = ranking.ordered(self, scored)
-            fitting = sum(1 for _score, i in order if self.fits(i, req.res))
-            if fitting >= need or len(order) >= n_passing:
-                return params, soft, order
+            if len(order) >= n_passing or not pool.unfit:
+                return params, soft, order  # everything there is, or every member fits
+            fitting = 0
+            for _score, i in order:
+                if i not in pool.unfit or self.fits(i, req.res):
+                    fitting += 1
+                    if fitting >= need:
+                        return params, soft, order
             k *= 2
 
     def _place_in_run(self, req, first):
@@ -480,12 +489,23 @@ class Scheduler:
             best = [i for value, i in order if value == order[0][0]]
             self.rng.shuffle(best)
             ids = best + ids[len(best):]
-        front = self.rng.choice(ids[:self.host_subset_size])
-        listed = [front] + [i for i in ids if i != front]
-        chosen = next((i for i in listed if self.fits(i, req.res)), None)
+        if self.host_subset_size > 1:
+            front = self.rng.choice(ids[:self.host_subset_size])
+            listed = [front] + [i for i in ids if i != front]
+        else:
+            front, listed = ids[0], ids
+        # Nova claims the first host of the list that still has room; the next ones that do are the alternates.
+        chosen, alternates = None, []
+        for i in listed:
+            if self.fits(i, req.res):
+                if chosen is None:
+                    chosen = i
+                elif len(alternates) < self.alternates:
+                    alternates.append(i)
+                else:
+                    break
         if chosen is None:
             raise NoValidHost(req.name, self._reasons(req), self._summary(req))
-        alternates = [i for i in listed if i != chosen and self.fits(i, req.res)][:self.alternates]
         step = len(self.run_steps)
         self.run_steps.append(ranking.Step(params, soft, front))
         self.run_events.setdefault(front, []).append(step)
