@@ -379,7 +379,8 @@ class LookupModule(LookupBase):
             raise AnsibleLookupError("give the servers either as terms or as the servers option, not both")
         servers = from_terms or servers or []
 
-        weights = {name: self.get_option(name + "_weight_multiplier") for name in _scheduler.Weights.__dataclass_fields__}
+        weights = {name: self.get_option(name + "_weight_multiplier")
+                   for name in _scheduler.Weights.__dataclass_fields__}
         try:
             placements = _scheduler.schedule(
                 servers,

@@ -39,7 +39,8 @@ HOST_FIELDS = {
     "pcpus": ("vcpus", "pcpus_used", "reserved_host_cpus", None),
 }
 
-# Nova's defaults (initial_*_allocation_ratio and reserved_host_memory_mb); every other number defaults to 0.
+# This collection's defaults: the ratios are the overcommit it was built for and Nova's defaults until 2023.1 (Nova
+# 2023.1 and later start new compute nodes at 4.0 / 1.0 / 1.0); 512 MiB reserved is Nova's. Every other number is 0.
 DEFAULTS = {
     "cpu_allocation_ratio": 16.0,
     "ram_allocation_ratio": 1.5,

@@ -185,7 +185,7 @@ def _heap_of(s, slot, order):
 
 
 def _remove(pool, idx):
-    for (slot, kind, entries), key in zip(pool.lists, pool.keys[idx]):
+    for (_slot, kind, entries), key in zip(pool.lists, pool.keys[idx]):
         if kind is _SORTED:
             del entries[bisect_left(entries, (key, idx))]
         # heaps drop the host lazily: it is no member any more

@@ -38,8 +38,7 @@ from typing import Any
 
 from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity
 from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import filters as F
-from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import inputs
-from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import ranking
+from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import inputs, ranking
 from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import weighers as W
 from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler.errors import (
     NoValidHost,

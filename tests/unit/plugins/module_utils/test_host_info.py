@@ -14,7 +14,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity
-from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import scheduler as _scheduler
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
     DomainSpec,
     ServerRecord,
@@ -39,6 +38,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._host_record imp
     read_host_record,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
+from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import scheduler as _scheduler
 
 GIB = 1024 ** 3
 

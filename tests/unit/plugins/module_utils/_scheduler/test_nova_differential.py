@@ -90,7 +90,8 @@ FLAVORS = [
     {"name": "huge", "vcpus": 16, "ram_mb": 65536, "disk_gb": 400},
 ]
 IMAGES = [None, None, None, {"hw_architecture": "x86_64"}, {"hw_architecture": "aarch64"},
-          {"img_hv_type": "qemu", "hw_vm_mode": "hvm"}, {"hw_architecture": "x86_64", "img_hv_requested_version": ">=7.0"}]
+          {"img_hv_type": "qemu", "hw_vm_mode": "hvm"},
+          {"hw_architecture": "x86_64", "img_hv_requested_version": ">=7.0"}]
 POLICIES = ["affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity"]
 
 
