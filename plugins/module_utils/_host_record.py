@@ -38,12 +38,16 @@ DEFAULTS = {
     "traits": [],
     "virt_type": None,
     "virt_type_reasons": [],
+    # Consecutive failed server builds (Nova's compute stat failed_builds, read by the BuildFailureWeigher), and
+    # after how many the host disables itself (Nova's consecutive_build_service_disable_threshold; 0: never).
+    "failed_builds": 0,
+    "disable_after_failed_builds": 0,
 }
 for _name in RATIO_FIELDS + RESERVED_FIELDS:
     DEFAULTS[_name] = _CAPACITY_DEFAULTS[_name]
 # The fields the host module declares, in the order people read them.
 FIELDS = ("enabled", "disabled_reason") + RATIO_FIELDS + RESERVED_FIELDS + (
-    "availability_zone", "aggregates", "traits", "virt_type", "virt_type_reasons")
+    "availability_zone", "aggregates", "traits", "virt_type", "virt_type_reasons", "disable_after_failed_builds")
 
 # Nova's trait names (os-traits): upper case letters, digits and underscores; operators' own start with CUSTOM_.
 _TRAIT_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,254}$")
@@ -54,6 +58,22 @@ def read_host_record(client):
     """The host's record with every default filled in (the record as it behaves), and whether it is stored."""
     stored = RecordStore(client).read(RECORD_KEY)
     return effective(stored), stored is not None
+
+
+def record_build_result(client, failed):
+    """Count a failed build of a new server on this host, or clear the count after a good one (Nova's
+    _build_failed / _build_succeeded). Reaching ``disable_after_failed_builds`` disables the host with Nova's
+    reason. A host without a stored record, or one that never failed, is not written to."""
+    store = RecordStore(client)
+    stored = store.read(RECORD_KEY)
+    if stored is None or (not failed and not stored.get("failed_builds")):
+        return None
+    record = dict(stored, failed_builds=(int(stored.get("failed_builds") or 0) + 1) if failed else 0)
+    limit = int(stored.get("disable_after_failed_builds") or 0)
+    if failed and limit and record["failed_builds"] >= limit and record.get("enabled", True):
+        record.update(enabled=False, disabled_reason="Auto-disabled due to %d build failures" % record["failed_builds"])
+    store.write(RECORD_KEY, record)
+    return record
 
 
 def effective(stored):
@@ -84,7 +104,7 @@ def validate_changes(params, field_prefix=""):
             value = _string(value, field, allow_empty=True)
         elif name in RATIO_FIELDS:
             value = _ratio(value, field)
-        elif name in RESERVED_FIELDS:
+        elif name in RESERVED_FIELDS or name == "disable_after_failed_builds":
             value = _count(value, field)
         elif name == "availability_zone":
             value = _string(value, field)

@@ -49,6 +49,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._flavor_catalog 
     snapshot_differences,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import numa_cpu_cells, taken_cpus
+from ansible_collections.virtfleet.compute.plugins.module_utils._host_record import record_build_result
 from ansible_collections.virtfleet.compute.plugins.module_utils._hypervisor import VIRT_TYPES, resolve_virt_type
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
@@ -1172,6 +1173,14 @@ def _rebuild_root_step(client, pool, name, capacity, image):
     return run
 
 
+def _record_build(client, failed):
+    """The host's count of failed builds for the scheduler's BuildFailureWeigher; never the reason a run fails."""
+    try:
+        record_build_result(client, failed)
+    except Exception:  # pylint: disable=broad-except
+        pass
+
+
 def converge_server(client, params, check_mode=False, diff_mode=False, defer_wait=False):
     """The ``server`` module's whole job: plan, execute (unless check mode), wait, and describe the result.
 
@@ -1183,7 +1192,15 @@ def converge_server(client, params, check_mode=False, diff_mode=False, defer_wai
     leases_before = None
     if (request.wait or defer_wait) and not check_mode and plan.powers_on:
         leases_before = lease_expiries(client, plan.nics)
-    plan.execute(check_mode)
+    building = plan.actual is None and request.state != "absent" and not check_mode
+    try:
+        plan.execute(check_mode)
+    except Exception:
+        if building:
+            _record_build(client, failed=True)
+        raise
+    if building:
+        _record_build(client, failed=False)
     result = {"changed": plan.changed, "actions": plan.actions, "warnings": list(plan.warnings)}
     if diff_mode:
         result["diff"] = plan.diff()

@@ -68,6 +68,13 @@ options:
   reserved_host_disk_mb:
     description: Instance pool space kept free, in MiB (rounded up to whole GiB, as Nova does). Default 0.
     type: int
+  disable_after_failed_builds:
+    description:
+      - Disable the host after this many consecutive failed builds of new servers on it, with the reason
+        C(Auto-disabled due to N build failures) (Nova's C(consecutive_build_service_disable_threshold)). C(0), the
+        default, never does. The count itself (the record's C(failed_builds), cleared by a good build) is what the
+        scheduler's build failure weigher reads.
+    type: int
   availability_zone:
     description: The host's availability zone. Default C(nova).
     type: str
@@ -162,6 +169,10 @@ host:
       description: Reserved disk in MiB.
       type: int
       sample: 0
+    disable_after_failed_builds:
+      description: Consecutive failed builds that disable the host (0 never).
+      type: int
+      sample: 0
     availability_zone:
       description: Availability zone.
       type: str
@@ -211,6 +222,7 @@ def main():
         traits=dict(type="list", elements="str"),
         virt_type=dict(type="str", choices=["auto", "kvm", "qemu"]),
         virt_type_reasons=dict(type="list", elements="str"),
+        disable_after_failed_builds=dict(type="int"),
     )
     argument_spec.update(CONNECTION_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
