@@ -19,11 +19,11 @@ description:
   - Allocation ratios and reservations, as nova.conf's C(*_allocation_ratio) and C(reserved_host_*) options.
     Capacity is total minus reserved, times the allocation ratio, per resource, as placement computes it.
   - Availability zone, host aggregates with their metadata, and custom traits, for the scheduler.
-  - Options left out keep the host's current value; a host without a record has this collection's defaults: CPU
+  - "Options left out keep the host's current value; a host without a record has this collection's defaults: CPU
     16.0, RAM 1.5, disk 1.0, 512 MiB of memory reserved, zone C(nova). Those ratios are the overcommit this
     collection was built for and Nova's defaults until 2023.1; Nova 2023.1 and later start new compute nodes at CPU
     4.0, RAM 1.0, disk 1.0 (C(initial_*_allocation_ratio)): set O(cpu_allocation_ratio=4.0) and
-    O(ram_allocation_ratio=1.0) for Nova's current behaviour.
+    O(ram_allocation_ratio=1.0) for Nova's current behaviour."
 author:
   - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:

@@ -77,3 +77,14 @@ def test_fast_path_equals_plain_on_requests_with_ties(seed):
             servers.append(server)
     options = dict(allow_unplaced=True, seed=seed, weights=rnd.choice([None, ONLY_IO, {"num_instances": -1.0}]))
     assert schedule(servers, hosts, **options) == schedule(servers, hosts, fast=False, **options)
+
+
+def test_shuffle_best_same_weighed_hosts_draws_among_the_equal_best_only():
+    hosts = [host(n) for n in "abc"] + [host("busy", io_ops=3)]
+    seen = set()
+    for seed in range(30):
+        placed = schedule([{"name": "s", "flavor": SMALL}], hosts, seed=seed, shuffle_best_same_weighed_hosts=True)
+        seen.add(placed[0].host)
+    assert seen == {"a", "b", "c"}
+    # Off (Nova's default), the first of the equal hosts always wins.
+    assert {schedule([{"name": "s", "flavor": SMALL}], hosts, seed=seed)[0].host for seed in range(5)} == {"a"}
