@@ -127,11 +127,12 @@ def timed(servers, hosts, repeat, **options):
     """
     runs, placements = [], None
     for _run in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         scheduler = sched.Scheduler(hosts, seed=42, **options)
         built = time.perf_counter()
         placements = scheduler.schedule(servers, allow_unplaced=True)
-        runs.append((time.perf_counter() - start, built - start))
+        # CPU time too: on a machine shared with other work the wall clock also counts the waiting.
+        runs.append((time.perf_counter() - start, built - start, time.process_time() - cpu))
     return runs, placements
 
 
@@ -162,14 +163,15 @@ def main(argv=None):
     rows = []
 
     def report(label, hosts, servers, runs, placements):
-        best_total, best_setup = min(runs)
-        median = statistics.median(total for total, _setup in runs)
+        best_total, best_setup, _cpu = min(runs)
+        best_cpu = min(cpu for _total, _setup, cpu in runs)
+        median = statistics.median(total for total, _setup, _cpu in runs)
         unplaced = sum(1 for p in placements if p.host is None)
         per = (best_total - best_setup) / len(servers) * 1e6
-        rows.append((label, len(hosts), len(servers), best_total, median, best_setup * 1e3, per, unplaced))
-        print("%-42s %5d hosts %5d servers  best %6.3f s  median %6.3f s  setup %6.1f ms  %7.1f us/placement  "
-              "unplaced %d" % (label, len(hosts), len(servers), best_total, median, best_setup * 1e3, per, unplaced),
-              flush=True)
+        rows.append((label, len(hosts), len(servers), best_total, median, best_cpu, best_setup * 1e3, per, unplaced))
+        print("%-42s %5d hosts %5d servers  best %6.3f s  median %6.3f s  cpu %6.3f s  setup %6.1f ms  "
+              "%7.1f us/placement  unplaced %d" % (label, len(hosts), len(servers), best_total, median, best_cpu,
+                                                    best_setup * 1e3, per, unplaced), flush=True)
         return best_total, per
 
     n_hosts, n_servers = 1000 // scale, 10000 // scale
@@ -177,6 +179,7 @@ def main(argv=None):
     servers = plain_batch(n_servers)
     runs, placements = timed(servers, hosts, repeat)
     target_best, _per = report("target: default filters and weighers", hosts, servers, runs, placements)
+    target_cpu = min(cpu for _total, _setup, cpu in runs)
 
     mixed = mixed_batch(n_servers)
     runs, placements = timed(mixed, hosts, repeat)
@@ -235,20 +238,21 @@ def main(argv=None):
         "without setup, divided by the servers." % repeat,
         "",
         "Synthetic fleet: three host sizes (16/32/64 vCPUs, 64/128/256 GiB, 0.5/1/2 TB), already 0-50 % used, "
-        "three availability zones, a third of the hosts in an `ssd` aggregate, 1 % disabled, Nova's default "
-        "ratios, 4 GiB reserved. Servers: m1.small to m1.xlarge at random.",
+        "three availability zones, a third of the hosts in an `ssd` aggregate, 1 % disabled, this collection's default "
+        "ratios (16 / 1.5 / 1), 4 GiB reserved. Servers: m1.small to m1.xlarge at random.",
         "",
-        "| scenario | hosts | servers | total, best (s) | total, median (s) | setup (ms) | per placement (us) "
+        "| scenario | hosts | servers | total, best (s) | total, median (s) | CPU, best (s) | setup (ms) "
+        "| per placement (us) "
         "| unplaced |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, nh, ns, best, median, setup, per, unplaced in rows:
-        lines.append("| %s | %d | %d | %.3f | %.3f | %.1f | %.1f | %d |" % (
-            label, nh, ns, best, median, setup, per, unplaced))
+    for label, nh, ns, best, median, cpu, setup, per, unplaced in rows:
+        lines.append("| %s | %d | %d | %.3f | %.3f | %.3f | %.1f | %.1f | %d |" % (
+            label, nh, ns, best, median, cpu, setup, per, unplaced))
     lines += [
         "",
-        "Target (10,000 servers on 1,000 hosts in under 1 s): **%.2f s** — %s." % (
-            target_best, "met" if target_best < 1.0 else "NOT met"),
+        "Target (10,000 servers on 1,000 hosts in under 1 s): **%.2f s** (CPU %.2f s) — %s." % (
+            target_best, target_cpu, "met" if target_best < 1.0 else "NOT met"),
         "",
         "Time per placement as the fleet grows (fast path, %d servers each, pools built on first use "
         "included): %s." % (
