@@ -171,7 +171,12 @@ def _rebuild(s, pool, params):
     # Column by column, with the additions in score()'s order: the same floats, a third of the time.
     for slot, lo, rng in params:
         m, x = mult[slot], xv[slot]
-        totals = [t + m[i] * ((x[i] - lo) / rng) for t, i in zip(totals, order)]
+        uniform = s.uniform[slot]
+        # The same floats as score(): x - 0.0 is x, and one multiplier for every host is that multiplier.
+        if uniform is not None and lo == 0.0:
+            totals = [t + uniform * (x[i] / rng) for t, i in zip(totals, order)]
+        else:
+            totals = [t + m[i] * ((x[i] - lo) / rng) for t, i in zip(totals, order)]
     pool.ref = params
     pool.s0 = dict(zip(order, totals))
     pool.rank = sorted(zip([-t for t in totals], order))

@@ -263,6 +263,9 @@ class Scheduler:
             slot for slot in W.ORDER
             if any(t.mult[slot]) and (slot not in (W.HYPERVISOR_VERSION, W.BUILD_FAILURE)
                                       or len(set(t.wraw[slot])) > 1))
+        # A weigher's multiplier when every host has the same (no aggregate overrides it), else None.
+        self.uniform = {slot: (t.mult[slot][0] if t.mult[slot] and len(set(t.mult[slot])) == 1 else None)
+                        for slot in W.ORDER}
         self.mabs = {slot: max((abs(m) for m in t.mult[slot]), default=0.0) for slot in W.ORDER}
         self.smax = tuple(max((sm[w] for sm in t.soft_mult), default=0.0) for w in (0, 1))
         self.soft_active = tuple(any(sm[w] for sm in t.soft_mult) for w in (0, 1))
