@@ -2057,7 +2057,7 @@ def _thin(samples, keep):
 
 
 def _scheduler():
-    """The pure scheduler (module_utils/_scheduler.py), shipped with the module like every module_utils file."""
+    """The pure scheduler (module_utils/_scheduler/), shipped with the module like every module_utils file."""
     from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler.scheduler import NoValidHost, schedule
 
     return schedule, NoValidHost
