@@ -169,9 +169,9 @@ def main(argv=None):
         unplaced = sum(1 for p in placements if p.host is None)
         per = (best_total - best_setup) / len(servers) * 1e6
         rows.append((label, len(hosts), len(servers), best_total, median, best_cpu, best_setup * 1e3, per, unplaced))
+        figures = (label, len(hosts), len(servers), best_total, median, best_cpu, best_setup * 1e3, per, unplaced)
         print("%-42s %5d hosts %5d servers  best %6.3f s  median %6.3f s  cpu %6.3f s  setup %6.1f ms  "
-              "%7.1f us/placement  unplaced %d" % (label, len(hosts), len(servers), best_total, median, best_cpu,
-                                                    best_setup * 1e3, per, unplaced), flush=True)
+              "%7.1f us/placement  unplaced %d" % figures, flush=True)
         return best_total, per
 
     n_hosts, n_servers = 1000 // scale, 10000 // scale
