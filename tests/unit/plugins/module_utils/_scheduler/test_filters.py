@@ -25,8 +25,8 @@ def host(name, **kw):
     return record
 
 
-def where(flavor=SMALL, hosts=(), **server):
-    server = dict({"name": "s", "flavor": flavor}, **server)
+def where(flavor=None, hosts=(), **server):
+    server = dict({"name": "s", "flavor": flavor or SMALL}, **server)
     try:
         return schedule([server], list(hosts))[0].host
     except NoValidHost as exc:
@@ -127,7 +127,7 @@ def test_unscoped_extra_specs_only_filter_when_switched_to_nova():
 def test_every_deviation_is_documented_with_its_switch():
     names = [d["name"] for d in DEVIATIONS]
     assert len(names) == len(set(names))
-    switches = {d["option"].split("=")[0] for d in DEVIATIONS if d["option"]}
+    switches = {d["option"].split("=", maxsplit=1)[0] for d in DEVIATIONS if d["option"]}
     signature = Scheduler.__init__.__kwdefaults__
     for option in switches - {"enabled_filters"}:
         assert option in signature

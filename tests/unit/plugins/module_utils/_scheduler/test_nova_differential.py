@@ -252,7 +252,7 @@ def ours(case, switches):
 def cases_and_nova(nova_python):
     cases = [random_case(seed) for seed in range(CASES)]
     result = subprocess.run([nova_python, DRIVER], input=json.dumps(cases), capture_output=True, text=True,
-                            timeout=1800)
+                            timeout=1800, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     return cases, json.loads(result.stdout)
 

@@ -31,8 +31,8 @@ def chosen(servers, hosts, **options):
     return [p.host for p in schedule(servers, hosts, **options)]
 
 
-def servers(n, flavor=SMALL, **kw):
-    return [dict({"name": "s%d" % i, "flavor": flavor}, **kw) for i in range(n)]
+def servers(n, flavor=None, **kw):
+    return [dict({"name": "s%d" % i, "flavor": flavor or SMALL}, **kw) for i in range(n)]
 
 
 def test_io_ops_weigher_spreads_a_request_over_two_empty_hosts():
