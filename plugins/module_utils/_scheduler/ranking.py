@@ -32,7 +32,8 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler impor
 class Pool:
     """The hosts that passed a request shape's static filters and fitted one flavor size when a request started."""
 
-    __slots__ = ("res", "members", "order", "lists", "keys", "ref", "rank", "s0", "excess", "seen", "unfit")
+    __slots__ = ("res", "members", "order", "lists", "keys", "ref", "rank", "s0", "excess", "seen", "unfit",
+                 "sorted_lists")
     # lists: [(slot, _HEAP or _SORTED, entries)]
 
     def __init__(self, res):
@@ -43,10 +44,11 @@ class Pool:
         self.keys = {}  # idx -> its value in each sorted list (None for heaps), to find and remove it
         self.ref = None  # ((slot, lo, range), ...) that ``s0`` was computed with
         self.rank = []  # [(-s0, idx)], best first
-        self.s0 = {}  # idx -> score under ``ref``
+        self.s0 = []  # per host index, its score under ``ref`` (a list: faster and smaller than a dict)
         self.excess = 0  # hosts scored beyond the k needed since ``rank`` was last rebuilt
         self.seen = 0  # position in the scheduler's change log already applied
         self.unfit = set()  # members that stopped fitting during the current request: dropped when the next starts
+        self.sorted_lists = False  # whether any of ``lists`` is a sorted list (else all are heaps)
 
 
 class Step:
@@ -178,7 +180,10 @@ def _rebuild(s, pool, params):
         else:
             totals = [t + m[i] * ((x[i] - lo) / rng) for t, i in zip(totals, order)]
     pool.ref = params
-    pool.s0 = dict(zip(order, totals))
+    s0 = [0.0] * s.n
+    for i, total in zip(order, totals):
+        s0[i] = total
+    pool.s0 = s0
     pool.rank = sorted(zip([-t for t in totals], order))
     pool.excess = 0
 
@@ -190,16 +195,15 @@ def _heap_of(s, slot, order):
 
 
 def _remove(pool, idx):
-    for (_slot, kind, entries), key in zip(pool.lists, pool.keys[idx]):
-        if kind is _SORTED:
-            del entries[bisect_left(entries, (key, idx))]
-        # heaps drop the host lazily: it is no member any more
+    if pool.sorted_lists:
+        for (_slot, kind, entries), key in zip(pool.lists, pool.keys.pop(idx)):
+            if kind is _SORTED:
+                del entries[bisect_left(entries, (key, idx))]
+    # heaps drop the host lazily: it is no member any more
     if pool.ref is not None:
         del pool.rank[bisect_left(pool.rank, (-pool.s0[idx], idx))]
-        del pool.s0[idx]
     pool.members.discard(idx)
     pool.unfit.discard(idx)
-    del pool.keys[idx]
     del pool.order[bisect_left(pool.order, idx)]
 
 
@@ -234,7 +238,8 @@ def get_pool(s, req, at_start):
             for value, i in entries:
                 keys[i].append(value)
             pool.lists.append((slot, _SORTED, entries))
-        pool.keys = {i: tuple(v) for i, v in keys.items()}
+        pool.sorted_lists = any(kind is _SORTED for _slot, kind, _entries in pool.lists)
+        pool.keys = {i: tuple(v) for i, v in keys.items()} if pool.sorted_lists else {}
         pool.seen = len(s.log)
         s.pools[key] = pool
         return pool
@@ -248,15 +253,16 @@ def get_pool(s, req, at_start):
         pool.seen = len(s.log)
         members, ref, rank, s0 = pool.members, pool.ref, pool.rank, pool.s0
         push = heapq.heappush
-        sorted_lists = any(kind is _SORTED for _slot, kind, _entries in pool.lists)
+        sorted_lists = pool.sorted_lists
         heaps = [(xv[slot], entries) for slot, kind, entries in pool.lists if kind is _HEAP]
         # score() inlined, as in top()
         columns = [(s.t.mult[slot], xv[slot], lo, rng) for slot, lo, rng in ref or ()]
+        counts = s.ninst_filter or s.io_filter
         for idx in changed:
             if idx not in members:
                 continue
             fits = s.fits(idx, pool.res)
-            if not s.counts_pass(idx) or (at_start and not fits):
+            if (counts and not s.counts_pass(idx)) or (at_start and not fits):
                 # Instance and I/O counts only grow within a batch: a host they filter out stays out.
                 _remove(pool, idx)
                 continue

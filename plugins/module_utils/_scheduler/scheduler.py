@@ -302,13 +302,16 @@ class Scheduler:
     # -- what the filters and the ranking ask ---------------------------------------------------------------------
 
     def fits(self, i, res, before=None):
-        """Placement's check of ``res`` on host ``i`` now (or with the usage ``before``)."""
+        """Placement's check of ``res`` on host ``i`` now (or with the usage ``before``).
+
+        ``_capacity.resource_fits`` (what claims use) inlined: this runs a few times per placement and host.
+        tests/unit/plugins/module_utils/_scheduler/test_scheduler.py checks that both always agree.
+        """
         t = self.t
-        resource_fits = _capacity.resource_fits
         for r in self.res_filters:
             amount = res[r]
-            if amount and not resource_fits(amount, t.used[r][i] if before is None else before[r], t.cap[r][i],
-                                            t.maxu[r][i]):
+            if amount and (amount > t.maxu[r][i]
+                           or (t.used[r][i] if before is None else before[r]) + amount > t.cap[r][i]):
                 return False
         return True
 
@@ -365,7 +368,7 @@ class Scheduler:
         self.run_group = None
         self.run_start_used = {}
         self.run_prev = None
-        self.run_excluded = set()
+        self.run_excluded = frozenset()
         self.run_same = None
 
     def _start_run(self, req):
@@ -416,10 +419,11 @@ class Scheduler:
         return None
 
     def _excluded(self, req):
-        out = set(self.run_excluded)
         if req.policy == "anti-affinity" and "ServerGroupAntiAffinityFilter" in self.enabled:
+            out = set(self.run_excluded)
             out.update(i for i, c in self.groups.get(req.group, {}).items() if c >= req.max_per_host)
-        return out
+            return out
+        return self.run_excluded
 
     def _order_reference(self, req):
         """Nova's loop, literally: filter the previous list, weigh, stable-sort."""
@@ -442,7 +446,9 @@ class Scheduler:
     def _order_fast(self, req, first):
         pool = ranking.get_pool(self, req, at_start=first)
         members = pool.members
-        excluded = self._excluded(req) & members
+        excluded = self._excluded(req)
+        if excluded:
+            excluded = excluded & members
         n_passing = len(members) - len(excluded)
         if n_passing <= 0:
             return None, None, []
@@ -474,7 +480,7 @@ class Scheduler:
                         return params, soft, order
             k *= 2
 
-    def _place_in_run(self, req, first):
+    def _place_in_run(self, req, first, more=True):
         if first:
             self._start_run(req)
         narrowed = None if not self.fast else self._narrowed(req)
@@ -508,11 +514,13 @@ class Scheduler:
                     break
         if chosen is None:
             raise NoValidHost(req.name, self._reasons(req), self._summary(req))
-        step = len(self.run_steps)
-        self.run_steps.append(ranking.Step(params, soft, front))
-        self.run_events.setdefault(front, []).append(step)
-        self.run_events.setdefault(chosen, []).append(step)
-        self.run_snap.setdefault(chosen, []).append((step, self.vector(chosen)))
+        if more:
+            # What the tie-breaking of the request's later servers needs (ranking.tie_order).
+            step = len(self.run_steps)
+            self.run_steps.append(ranking.Step(params, soft, front))
+            self.run_events.setdefault(front, []).append(step)
+            self.run_events.setdefault(chosen, []).append(step)
+            self.run_snap.setdefault(chosen, []).append((step, self.vector(chosen)))
         if not self.fast:
             self.run_prev = listed
         self._consume(chosen, req)
@@ -632,7 +640,7 @@ class Scheduler:
         if existing is not None:
             return Placement(req.name, self.t.names[existing], [], True, {})
         try:
-            return self._place_in_run(req, True)
+            return self._place_in_run(req, True, more=False)
         finally:
             self._end_run()
 
@@ -655,6 +663,9 @@ class Scheduler:
             requests.append(req)
         placements: list = []
         run_key = None
+        # Which servers are placed, and whether the next placed one goes on the same request.
+        placed = [req for req in requests if req.name not in self.loc]
+        goes_on = {id(a): a.key == b.key for a, b in zip(placed, placed[1:])}
         try:
             for req in requests:
                 existing = self.loc.get(req.name)
@@ -664,7 +675,7 @@ class Scheduler:
                 first = req.key != run_key
                 run_key = req.key
                 try:
-                    placements.append(self._place_in_run(req, first))
+                    placements.append(self._place_in_run(req, first, goes_on.get(id(req), False)))
                 except NoValidHost as exc:
                     if not allow_unplaced:
                         exc.placed = placements
