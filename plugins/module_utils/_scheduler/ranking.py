@@ -331,25 +331,27 @@ def _ends(s, pool, excluded):
 
 
 def pool_params(s, pool, excluded):
-    """The current normalization over the pool's members minus ``excluded``."""
+    """The current normalization over the pool's members minus ``excluded``, and the value ranges over all its
+    members (for the drift bound): ``(params, ends)``."""
+    ends = _ends(s, pool, excluded)
     params = []
-    for slot, lo, hi in _ends(s, pool, excluded):
+    for slot, lo, hi in ends:
         found = W.normalize_params(slot, (hi,) if slot in W.MINVAL_ZERO else (lo, hi))
         if found is not None:
             params.append((slot,) + found)
-    return tuple(params)
+    return tuple(params), (ends if not excluded else None)
 
 
 REBUILD_DRIFT = 0.01
 
 
-def _drift(s, pool, params):
+def _drift(s, pool, params, ends):
     """How far any member's score can have moved since ``pool.ref``: each term is affine in its value, so the
     largest change is at the ends of the value range."""
     cur = {p[0]: p for p in params}
     ref = {p[0]: p for p in pool.ref}
     delta = 0.0
-    for slot, lo, hi in _ends(s, pool, ()):
+    for slot, lo, hi in ends if ends is not None else _ends(s, pool, ()):
         c, r = cur.get(slot), ref.get(slot)
         if c is None and r is None:
             continue
@@ -362,7 +364,7 @@ def _drift(s, pool, params):
     return delta
 
 
-def top(s, pool, excluded, params, soft, group_on, k):
+def top(s, pool, excluded, params, soft, group_on, k, ends=None):
     """Every member (not ``excluded``) whose score is at least the k-th best, as ``[(score, idx)]`` unsorted.
 
     Scores under the current parameters differ from the reference scores ``s0`` by at most ``delta``; scanning
@@ -370,7 +372,7 @@ def top(s, pool, excluded, params, soft, group_on, k):
     """
     if pool.ref is None or pool.excess > len(pool.members):
         _rebuild(s, pool, params)
-    delta = 0.0 if params == pool.ref else _drift(s, pool, params)
+    delta = 0.0 if params == pool.ref else _drift(s, pool, params, ends)
     if delta > REBUILD_DRIFT * s.span:
         # A drift this large (typically the I/O weigher's maximum going up by one) would have the scan score a
         # good part of the pool: ranking it afresh costs less.

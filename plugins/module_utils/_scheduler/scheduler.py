@@ -452,7 +452,7 @@ class Scheduler:
         n_passing = len(members) - len(excluded)
         if n_passing <= 0:
             return None, None, []
-        params = ranking.pool_params(self, pool, excluded)
+        params, ends = ranking.pool_params(self, pool, excluded)
         soft_info = self._soft(req)
         soft, group_on = None, {}
         if soft_info is not None:
@@ -468,7 +468,7 @@ class Scheduler:
         need = 1 + self.alternates
         k = max(self.host_subset_size, need)
         while True:
-            scored = ranking.top(self, pool, excluded, params, soft, group_on, k)
+            scored = ranking.top(self, pool, excluded, params, soft, group_on, k, ends)
             order = ranking.ordered(self, scored)
             if len(order) >= n_passing or not pool.unfit:
                 return params, soft, order  # everything there is, or every member fits

@@ -863,3 +863,16 @@ def test_property_cached_reasons_equal_a_fresh_evaluation(hosts, batch):
                 rejected = sch.first_rejection(idx, req)
                 fresh[name] = "%s: %s" % rejected if rejected else "passes the filters"
             assert exc.reasons == fresh
+
+
+@settings(max_examples=300, deadline=None)
+@given(amount=st.integers(0, 40), used=st.integers(0, 60), cap=st.floats(0, 80, allow_nan=False),
+       maxu=st.integers(0, 40))
+def test_the_schedulers_fit_check_is_the_claims_fit_check(amount, used, cap, maxu):
+    # Scheduler.fits inlines _capacity.resource_fits (what claims use): they must never disagree.
+    host_record = {"name": "h", "vcpus": maxu, "vcpus_used": used, "memory_mb": 1, "local_gb": 1,
+                   "cpu_allocation_ratio": (cap / maxu) if maxu else 1.0, "reserved_host_memory_mb": 0}
+    sch = Scheduler([host_record], enabled_filters=["CoreFilter"])
+    res = (amount, 0, 0, 0)
+    capacity = sch.t.cap[0][0]
+    assert sch.fits(0, res) is _capacity.resource_fits(amount, used, capacity, maxu)
