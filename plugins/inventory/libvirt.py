@@ -32,7 +32,12 @@ description:
     C(virtfleet_server) (as M(virtfleet.compute.server_info) shows it), C(virtfleet_hypervisor) (the inventory
     name of its host) and C(ansible_host). Values that come from the hosts and their guests are marked unsafe, so
     they are never evaluated as templates.
-  - With O(cache), the answers are cached and the hosts are not contacted again until the cache expires.
+  - "With O(cache), every host is still asked on every run: the cache is a fallback for the hosts that do not
+    answer, never a substitute for those that do. It keeps each host's last answer and the time of it; a host that
+    does not answer is reported down with C(virtfleet_host.last_known) - C(read_at) (when it last answered, UTC),
+    C(servers) (its managed servers then, as M(virtfleet.compute.server_info) shows them) and C(record) (its host
+    record then). C(evacuate_host.yml) takes the servers of a dead host from there and says how old the list is.
+    Its servers are not added as inventory hosts: they do not run anywhere now."
 options:
   plugin:
     description: The name of this plugin; makes the file a source for it.
@@ -107,8 +112,11 @@ notes:
   - Needs the libvirt Python bindings (C(libvirt-python)) on the controller.
   - Every host is asked in a thread of its own (libvirt's Python bindings release the interpreter lock while they
     wait), so the inventory takes about as long as the slowest host, not the sum of all of them.
-  - The figures are those of the moment the inventory was read (or cached). The claim a server module makes on its
-    host checks the capacity again before it builds anything.
+  - The figures are those of the moment the inventory was read. The claim a server module makes on its host checks
+    the capacity again before it builds anything.
+  - With O(cache), the last answer of a host that stays down is kept as long as the cache entry lives; the
+    C(jsonfile) cache plugin drops an entry not written for O(cache_timeout) seconds, so set it to C(0) (never) or
+    longer than a host may stay down unnoticed. C(--flush-cache) forgets every last answer.
 seealso:
   - module: virtfleet.compute.host_info
   - plugin: virtfleet.compute.scheduler
@@ -147,7 +155,7 @@ compose:
   ansible_user: "'debian'"
 
 ---
-# Ask the hosts at most once every five minutes
+# Keep each host's last answer, for the hosts that go down (evacuate_host.yml reads their last known servers)
 plugin: virtfleet.compute.libvirt
 hypervisors:
   - name: kvm-01
@@ -155,7 +163,7 @@ hypervisors:
 cache: true
 cache_plugin: ansible.builtin.jsonfile
 cache_connection: ~/.cache/virtfleet-inventory
-cache_timeout: 300
+cache_timeout: 0
 
 ---
 # In a playbook: place servers on the compute hosts with the inventory's figures (hosts that are down are skipped)
@@ -167,6 +175,7 @@ cache_timeout: 300
 """
 
 # Ansible's plugin layout puts the documentation first, the imports after it.
+import datetime  # noqa: E402
 import queue  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -189,7 +198,8 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._libvirt_client 
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._server import list_servers  # noqa: E402
 
-CACHE_VERSION = 1
+# 2: every host's answer carries its read_at, and a host that is down its last_known answer.
+CACHE_VERSION = 2
 GROUP_COMPUTE = "compute"
 GROUP_DOWN = "down"
 GROUP_DISABLED = "disabled"
@@ -309,6 +319,37 @@ def ask_hosts(entries, concurrency=16, timeout=30.0, **options):
     return results
 
 
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# The host record fields kept with a host's last answer.
+_RECORD_FIELDS = ("enabled", "disabled_reason", "availability_zone", "aggregates", "traits", "virt_type")
+
+
+def with_last_known(data, previous):
+    """``data`` (this run's answers) where each host that is down carries its last answer from ``previous``.
+
+    A host that answered before gives ``last_known`` (when, its servers, its record); a host that was already down
+    then passes on the ``last_known`` it had, so the answer survives as long as the host stays down.
+    """
+    before = {}
+    for host in (previous or {}).get("hypervisors") or []:
+        name = host.get("name")
+        if host.get("up") and host.get("read_at"):
+            before[name] = {"read_at": host["read_at"],
+                            "servers": ((previous.get("servers") or {}).get(name) or []),
+                            "record": dict((k, host.get(k)) for k in _RECORD_FIELDS if k in host)}
+        elif host.get("last_known"):
+            before[name] = host["last_known"]
+    hypervisors = []
+    for host in data["hypervisors"]:
+        if not host.get("up") and host.get("name") in before:
+            host = dict(host, last_known=before[host["name"]])
+        hypervisors.append(host)
+    return dict(data, hypervisors=hypervisors)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
@@ -326,26 +367,27 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         except ValueError as exc:
             raise AnsibleParserError("%s: %s" % (path, exc))
 
+        # Every host is asked, cache or not: the cache only stands in for a host that does not answer now.
+        # (``cache`` is false with --flush-cache: the last answers are then forgotten.)
+        use_cache = bool(self.get_option("cache"))
         cache_key = self.get_cache_key(path)
-        use_cache = self.get_option("cache") and cache
-        update_cache = self.get_option("cache") and not cache
-        data = None
-        if use_cache:
+        previous = None
+        if use_cache and cache:
             try:
-                data = self._cache[cache_key]
+                previous = self._cache[cache_key]
             except KeyError:
-                update_cache = True
-            if data is not None and not self._cache_matches(data, entries):
-                data, update_cache = None, True
-        if data is None:
-            data = self._ask(entries)
-        if update_cache:
+                previous = None
+            if previous is not None and not self._cache_matches(previous, entries):
+                previous = None
+        data = self._ask(entries, list_servers=use_cache)
+        if use_cache:
+            data = with_last_known(data, previous)
             self._cache[cache_key] = data
         self._populate(entries, data)
 
     # -- asking ---------------------------------------------------------------------------------------------------
 
-    def _ask(self, entries):
+    def _ask(self, entries, list_servers=False):
         if not HAS_LIBVIRT:
             raise AnsibleParserError("the %s inventory needs the libvirt Python bindings on the controller "
                                      "(pip install libvirt-python)" % self.NAME)
@@ -353,13 +395,16 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             entries,
             concurrency=self.get_option("concurrency"),
             timeout=self.get_option("timeout"),
-            add_servers=self.get_option("add_servers"),
+            # With the cache on, the servers are read even when not added: they are a host's last known list.
+            add_servers=self.get_option("add_servers") or list_servers,
             instance_pool=self.get_option("instance_pool"),
             details=self.get_option("host_details"),
         )
+        read_at = utc_now()
         return {
             "version": CACHE_VERSION,
-            "hypervisors": [dict(host, uri=entry["uri"]) for entry, (host, _servers) in zip(entries, answers)],
+            "hypervisors": [dict(host, uri=entry["uri"], **({"read_at": read_at} if host.get("up") else {}))
+                            for entry, (host, _servers) in zip(entries, answers)],
             "servers": dict((entry["name"], servers) for entry, (_host, servers) in zip(entries, answers)),
         }
 
@@ -404,6 +449,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             inventory.add_group(GROUP_SERVERS)
             taken = set(hosts)
             for entry in entries:
+                if not hosts[entry["name"]].get("up"):
+                    continue  # a host that is down runs nothing now; its last known servers are in last_known
                 for server in data["servers"].get(entry["name"]) or []:
                     self._add_server(entry["name"], server, taken)
 

@@ -51,6 +51,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._flavor_catalog 
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import numa_cpu_cells, taken_cpus
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_record import record_build_result
 from ansible_collections.virtfleet.compute.plugins.module_utils._hypervisor import VIRT_TYPES, resolve_virt_type
+from ansible_collections.virtfleet.compute.plugins.module_utils._pending import Pending
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
 from ansible_collections.virtfleet.compute.plugins.module_utils._wait import Deadline, wait_for
@@ -334,17 +335,19 @@ def _diff_view(view):
 class ServerPlanner:
     """Compares one declared server with its domain on one host and plans the steps between them."""
 
-    def __init__(self, client, request, now=None):
+    def __init__(self, client, request, now=None, pending=None):
         self.client = client
         self.request = request
         self.now = now or datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z"
         self._host_record_cache = None
+        # Check mode only: what earlier tasks of the same run would create (see _pending.py).
+        self.pending = Pending(pending)
 
     def plan(self):
         req = self.request
         if isinstance(getattr(req, "flavor", None), str):
-            # A catalog name means what this host's catalog says it means.
-            req.flavor = resolve_flavor(self.client, req.flavor, field="flavor")
+            # A catalog name means what this host's catalog says it means (after the catalog task above, if any).
+            req.flavor = self.pending.flavor(req.flavor) or resolve_flavor(self.client, req.flavor, field="flavor")
         actual = read_server(self.client, req.name)
         plan = Plan()
         plan.actual = actual
@@ -401,6 +404,15 @@ class ServerPlanner:
         req = self.request
         client = self.client
         flavor = definition.flavor
+        missing = self.pending.missing_pools(client, (definition.image["pool"], req.instance_pool))
+        if missing:
+            # Disks and the claim are planned against the pool itself, which check mode cannot create.
+            plan.add("create %s after the storage pool creation above (%s); its disks and claim are planned once "
+                     "the pool exists" % (req.name, ", ".join(missing)), lambda: None)
+            plan.after = {"state": "stopped" if req.state in ("present", "shelved") else req.state,
+                          "flavor": flavor.to_dict(), "image": definition.image.get("name")}
+            plan.created = True
+            return
         resolved = self._resolve_references(definition)
         # Checked now, so a server that does not fit fails before anything is made (and check mode says so).
         claim = Claim(client, req.name, flavor, instance_pool=req.instance_pool)
@@ -730,10 +742,14 @@ class ServerPlanner:
         image_ref = definition.image
         image_pool = client.lookup_pool(image_ref["pool"], field="image_pool")
         vol = client.lookup_volume(image_pool, image_ref["name"])
-        if vol is None:
+        pending = self.pending.image(image_ref["pool"], image_ref["name"]) if vol is None else None
+        if pending is not None:
+            out["image"] = pending  # imported by the image task above (check mode)
+        elif vol is None:
             raise NotFoundError("image %s not found in storage pool %s (import it with the image module)"
                                 % (image_ref["name"], image_ref["pool"]), field="image")
-        out["image"] = _base_image(client, image_ref, vol)
+        else:
+            out["image"] = _base_image(client, image_ref, vol)
         out["instance_pool"] = instance_pool or client.lookup_pool(req.instance_pool, field="instance_pool")
         self._check_networks(definition.nics, hostname=definition.hostname)
         if check_virt_type:
@@ -744,6 +760,13 @@ class ServerPlanner:
         client = self.client
         for index, nic in enumerate(nics):
             field = "networks[%d]" % index
+            pending = self.pending.network(nic.source) if nic.kind == "network" else None
+            if pending is not None and client.lookup_network(nic.source) is None:
+                # Created by the network task above (check mode); its subnet was checked with the declared state.
+                if self.request.state in ("running", "paused") and not pending.get("active", True):
+                    raise ValidationError("libvirt network %s would not be active; start it (network module) before "
+                                          "starting servers on it" % nic.source, field=field + ".network")
+                continue
             if nic.kind == "network":
                 net = client.lookup_network(nic.source)
                 if net is None:
@@ -783,7 +806,8 @@ class ServerPlanner:
         return self._host_record_cache
 
     def _root_bytes(self, flavor, image):
-        virtual = image["virtual_size"]
+        # An image imported from a URL in the same check-mode run has no known size yet.
+        virtual = image["virtual_size"] or 0
         if flavor.disk_gb == 0:
             return virtual
         wanted = flavor.disk_gb * GIB
@@ -1181,14 +1205,15 @@ def _record_build(client, failed):
         pass
 
 
-def converge_server(client, params, check_mode=False, diff_mode=False, defer_wait=False):
+def converge_server(client, params, check_mode=False, diff_mode=False, defer_wait=False, pending=None):
     """The ``server`` module's whole job: plan, execute (unless check mode), wait, and describe the result.
 
     With ``defer_wait`` nothing is waited for; the result carries ``leases_before`` (for wait_until_ready) when the
-    run started the server, so a caller converging many servers can wait for all of them together.
+    run started the server, so a caller converging many servers can wait for all of them together. ``pending``
+    (check mode only) is what earlier tasks of the run would create (_pending.py).
     """
     request = ServerRequest(params)
-    plan = ServerPlanner(client, request).plan()
+    plan = ServerPlanner(client, request, pending=pending if check_mode else None).plan()
     leases_before = None
     if (request.wait or defer_wait) and not check_mode and plan.powers_on:
         leases_before = lease_expiries(client, plan.nics)

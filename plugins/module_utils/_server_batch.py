@@ -184,11 +184,12 @@ def _classify(params, out):
     return "created" if not out.get("diff", {}).get("before") else "changed"
 
 
-def _converge_one(client, index, params, check_mode, pruned=False):
+def _converge_one(client, index, params, check_mode, pruned=False, pending=None):
     """One server through converge_server(), never raising for the server's own failure."""
     item = {"name": params["name"], "index": index, "pruned": pruned, "state": params.get("state") or "running"}
     try:
-        out = converge_server(client, params, check_mode=check_mode, diff_mode=True, defer_wait=True)
+        out = converge_server(client, params, check_mode=check_mode, diff_mode=True, defer_wait=True,
+                              pending=pending)
     except (MissingLibraryError, HostUnavailableError):
         raise  # nothing else can work either
     except VirtfleetError as exc:
@@ -273,7 +274,8 @@ def converge_servers(client, params, check_mode=False, diff_mode=False):
                             "state": item_params.get("state") or "running",
                             "msg": "not attempted: an earlier server failed and stop_on_error is set"})
             continue
-        item, diff = _converge_one(client, index, item_params, check_mode, pruned=pruned)
+        item, diff = _converge_one(client, index, item_params, check_mode, pruned=pruned,
+                                   pending=params.get("pending"))
         results.append(item)
         if diff_mode and diff is not None and item["changed"]:
             diffs.append({"before_header": "server %s" % item["name"], "after_header": "server %s" % item["name"],

@@ -98,6 +98,37 @@ options:
         against a declared state that lost servers by mistake (a truncated file, a wrong inventory).
       - Omitted, there is no limit.
     type: int
+  pending:
+    description:
+      - Check mode only, ignored otherwise. What earlier tasks of the same run would create on this host, so that
+        a server needing it is planned as those tasks predicted instead of failing because it does not exist yet
+        (as Terraform's plan carries earlier resources forward). C(site.yml) passes the check-mode results of its
+        pool, flavor, image and network tasks.
+      - A flavor here replaces the catalog's of the same name; an image or a network is used only when the host
+        does not have it. A server whose image or instance pool does not exist yet is predicted as created after
+        the pool is, without its disk steps.
+    type: dict
+    suboptions:
+      pools:
+        description: Names of storage pools that would be created.
+        type: list
+        elements: str
+        default: []
+      flavors:
+        description: Flavors of the catalog as the flavor task would write them (C(name), C(vcpus), C(ram_mb)...).
+        type: list
+        elements: dict
+        default: []
+      images:
+        description: Images that would be imported, C(name), C(pool), C(format) and C(virtual_size).
+        type: list
+        elements: dict
+        default: []
+      networks:
+        description: Networks that would be created, C(name) and C(active).
+        type: list
+        elements: dict
+        default: []
   stop_on_error:
     description:
       - Stop at the first server that fails; the servers after it are reported as C(skipped).
@@ -287,6 +318,7 @@ unmanaged:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._module import CONNECTION_ARGS, run_module
+from ansible_collections.virtfleet.compute.plugins.module_utils._pending import PENDING_OPTIONS
 from ansible_collections.virtfleet.compute.plugins.module_utils._server_batch import (
     PRUNE_SELECTOR_OPTIONS,
     converge_servers,
@@ -301,6 +333,7 @@ def main():
         prune_selector=dict(type="dict", options=PRUNE_SELECTOR_OPTIONS),
         prune_max=dict(type="int"),
         stop_on_error=dict(type="bool", default=False),
+        pending=dict(type="dict", options=PENDING_OPTIONS),
     )
     argument_spec.update(CONNECTION_ARGS)
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)

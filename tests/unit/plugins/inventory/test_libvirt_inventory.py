@@ -264,18 +264,53 @@ def test_compose_groups_and_keyed_groups(tmp_path, fleet):
     assert members(inventory, "zone_b") == ["kvm-02"]
 
 
-def test_the_cache_answers_until_the_host_list_changes(tmp_path, fleet):
-    config = {"hypervisors": HOSTS[:2], "cache": True, "cache_plugin": "jsonfile",
+def test_the_cache_stands_in_only_for_hosts_that_do_not_answer(tmp_path, fleet):
+    """Every host is asked on every run; a host that is down is reported with its last answer, and when it was."""
+    config = {"hypervisors": HOSTS[:2], "cache": True, "cache_plugin": "jsonfile", "add_servers": True,
               "cache_connection": str(tmp_path / "cache")}
+    fleet.servers = {"kvm-02": [{"name": "web-1", "uuid": "u1", "ips": []}]}
     parse(tmp_path, config)
     assert sorted(fleet.asked) == ["kvm-01", "kvm-02"]
     fleet.asked.clear()
+    # Hosts that answer are asked again, whatever the cache holds: what changed since is seen.
+    fleet.servers = {"kvm-02": [{"name": "web-1", "uuid": "u1", "ips": []}, {"name": "web-2", "uuid": "u2"}]}
     inventory = parse(tmp_path, config)
-    assert fleet.asked == [] and members(inventory, "compute") == ["kvm-01", "kvm-02"]
-    # refresh_inventory (cache=False) asks again
-    parse(tmp_path, config, cache=False)
-    assert sorted(fleet.asked) == ["kvm-01", "kvm-02"]
-    fleet.asked.clear()
-    # a cache written for another list of hosts is not used
-    parse(tmp_path, dict(config, hypervisors=HOSTS))
-    assert sorted(fleet.asked) == ["kvm-01", "kvm-02", "kvm-03"]
+    assert sorted(fleet.asked) == ["kvm-01", "kvm-02"] and members(inventory, "servers") == ["web-1", "web-2"]
+    assert "last_known" not in hostvars(inventory, "kvm-02")["virtfleet_host"]
+
+    # kvm-02 dies: down, with the servers and record of its last answer, and the time of it.
+    fleet.records["kvm-02"] = ConnectionError("cannot connect to libvirt")
+    inventory = parse(tmp_path, config)
+    host = hostvars(inventory, "kvm-02")["virtfleet_host"]
+    assert members(inventory, "down") == ["kvm-02"] and host["up"] is False
+    last = host["last_known"]
+    assert [s["name"] for s in last["servers"]] == ["web-1", "web-2"]
+    assert last["record"]["availability_zone"] == "nova"
+    assert last["read_at"].endswith("Z") and len(last["read_at"]) == 20
+    # Its servers run nowhere now: they are not inventory hosts.
+    assert members(inventory, "servers") == []
+    # Still down on the next run: the same last answer (not lost, not replaced by the empty one of a dead host).
+    again = hostvars(parse(tmp_path, config), "kvm-02")["virtfleet_host"]["last_known"]
+    assert again == last
+
+    # --flush-cache forgets the last answers.
+    assert "last_known" not in hostvars(parse(tmp_path, config, cache=False), "kvm-02")["virtfleet_host"]
+
+
+def test_a_cache_of_another_host_list_is_not_used(tmp_path, fleet):
+    config = {"hypervisors": HOSTS[:2], "cache": True, "cache_plugin": "jsonfile",
+              "cache_connection": str(tmp_path / "cache")}
+    parse(tmp_path, config)
+    fleet.records["kvm-02"] = ConnectionError("cannot connect to libvirt")
+    inventory = parse(tmp_path, dict(config, hypervisors=[HOSTS[1], HOSTS[0]]))
+    assert "last_known" not in hostvars(inventory, "kvm-02")["virtfleet_host"]
+
+
+def test_without_the_cache_a_host_that_is_down_has_no_last_answer(tmp_path, fleet):
+    config = {"hypervisors": HOSTS[:2]}
+    parse(tmp_path, config)
+    fleet.records["kvm-02"] = ConnectionError("cannot connect to libvirt")
+    inventory = parse(tmp_path, config)
+    assert "last_known" not in hostvars(inventory, "kvm-02")["virtfleet_host"]
+
+
