@@ -87,7 +87,7 @@ class ActionModule(PlanAction):
                 for item in entry["pending"].get(kind) or []:
                     notes.append("check mode: %s on %s is planned after %s above"
                                  % (item if isinstance(item, str) else item.get("name"), name, WHAT[kind]))
-        for name, entry in predicted.items():
+        for name in predicted:
             notes.append("check mode: %s is scheduled with the host record the host task above would write" % name)
         plan["lines"] = plan["lines"] + notes
         plan["msg"] = "; ".join(plan["lines"]) or "no servers declared"

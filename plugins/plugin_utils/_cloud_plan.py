@@ -47,7 +47,7 @@ class PlanError(Exception):
         self.details = details
 
 
-# -- the declared state -------------------------------------------------------------------------------------------------
+# -- the declared state ---------------------------------------------------------------------------------------------
 
 def by_name(items):
     """``{name: item}`` of a declared list (flavors, server groups, servers); entries without a name are left out."""
@@ -107,7 +107,7 @@ def cloud_init(server, controller_key=None):
     return out
 
 
-# -- the hosts ------------------------------------------------------------------------------------------------------------
+# -- the hosts ------------------------------------------------------------------------------------------------------
 
 def with_predicted_record(host, record):
     """``host`` (host_info) with the record fields a host task of the same run would write (check mode)."""
@@ -167,7 +167,7 @@ def drift_message(drift, host):
                                                              drift["name"], drift["name"], drift["line"]))
 
 
-# -- site.yml ---------------------------------------------------------------------------------------------------------------
+# -- site.yml -------------------------------------------------------------------------------------------------------
 
 def converge_plan(servers, hosts, schedule, flavors=None, server_groups=None, left_out=None, controller_key=None,
                   place_when_hosts_down=False, predicted=None):
@@ -276,7 +276,7 @@ def pending_resources(results):
     return dict((k, v) for k, v in out.items() if v)
 
 
-# -- drain_host.yml ---------------------------------------------------------------------------------------------------------
+# -- drain_host.yml -------------------------------------------------------------------------------------------------
 
 def _declared_groups(server_groups, servers):
     groups = by_name(server_groups)
@@ -349,7 +349,7 @@ def _reasons_text(reasons):
     return ", ".join("%s: %s" % (host, why) for host, why in sorted(reasons.items())) or "no host"
 
 
-# -- evacuate_host.yml ------------------------------------------------------------------------------------------------------
+# -- evacuate_host.yml ----------------------------------------------------------------------------------------------
 
 def _parse_time(text):
     if not text:

@@ -80,8 +80,8 @@ def test_requests_resolve_flavors_and_groups_by_name():
 
 @pytest.mark.parametrize("server, key, expected", [
     ({"name": "a"}, KEY, {"ssh_authorized_keys": [KEY]}),
-    ({"name": "a", "ssh_authorized_keys": ["ssh-rsa AAAAuser"]}, KEY, {"ssh_authorized_keys": [KEY, "ssh-rsa AAAAuser"]}),
-    ({"name": "a", "ssh_authorized_keys": ["ssh-rsa AAAAuser"]}, None, {"ssh_authorized_keys": ["ssh-rsa AAAAuser"]}),
+    ({"name": "a", "ssh_authorized_keys": ["ssh-rsa AAAAu"]}, KEY, {"ssh_authorized_keys": [KEY, "ssh-rsa AAAAu"]}),
+    ({"name": "a", "ssh_authorized_keys": ["ssh-rsa AAAAu"]}, None, {"ssh_authorized_keys": ["ssh-rsa AAAAu"]}),
     ({"name": "a", "user_data": "#cloud-config\n", "hostname": "web", "network_config": {"version": 2},
       "metadata": {"x": "1"}}, KEY,
      {"ssh_authorized_keys": [KEY], "user_data": "#cloud-config\n", "hostname": "web",
