@@ -54,7 +54,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._hypervisor impo
 from ansible_collections.virtfleet.compute.plugins.module_utils._pending import Pending
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
-from ansible_collections.virtfleet.compute.plugins.module_utils._wait import Deadline, wait_for
+from ansible_collections.virtfleet.compute.plugins.module_utils._wait import Deadline, progress, wait_for
 
 STATES = ("running", "stopped", "paused", "suspended", "shelved", "present", "absent")
 SERVER_GROUP_POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
@@ -943,6 +943,8 @@ def graceful_stop(client, dom, timeout):
     while not deadline.expired():
         if client.domain_state(dom) == "shutoff":
             return "graceful"
+        progress("the guest to shut down (ACPI power button)", deadline,
+                 detail="a guest that ignores it is forced off at the limit (shutdown_timeout)")
         import time
 
         time.sleep(0.5)

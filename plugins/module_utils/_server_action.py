@@ -111,7 +111,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._server import (
     server_view,
     wait_until_ready,
 )
-from ansible_collections.virtfleet.compute.plugins.module_utils._wait import Deadline
+from ansible_collections.virtfleet.compute.plugins.module_utils._wait import Deadline, progress
 
 # Actions that boot the guest from a new root disk: its DHCP client may ask with a new identity and get another
 # address, so the wait takes only a lease renewed after the action as the server's address (the old one lingers).
@@ -1370,6 +1370,8 @@ class ActionRunner:
             stats = src.domain_job_stats(dom) if thread.is_alive() else {}
             if stats:
                 samples.append(_progress_sample(stats, deadline.elapsed()))
+            progress("the live migration of %s" % req.name, deadline,
+                     detail=_progress_detail(samples[-1]) if samples else None)
             if deadline.expired() and thread.is_alive():
                 src.abort_domain_job(dom)
                 thread.join(60)
@@ -1594,6 +1596,12 @@ class ActionRunner:
         req = self.req
         result = {"changed": plan.changed, "actions": plan.actions, "warnings": list(plan.warnings),
                   "action": req.action}
+        follow = declared_state_change(plan) if plan.changed else None
+        if follow:
+            field, value, line = follow
+            result["declared_state"] = {field: value}
+            result["msg"] = ("the declared state must follow, or the next converge undoes this or stops on it as "
+                             "drift: in virtfleet_servers set %s's `%s`" % (req.name, line))
         if diff_mode:
             result["diff"] = plan.diff()
         result.update(self.outputs)
@@ -1640,6 +1648,26 @@ def run_action(client, params, check_mode=False, diff_mode=False, connect=None):
 
 
 # -- views ----------------------------------------------------------------------------------------------------------
+
+def declared_state_change(plan):
+    """``(field, value, YAML line)`` of the declared field an action changed (flavor, image), or None.
+
+    Git holds the declared state: a resize or a rebuild onto another image that it does not follow is undone by the
+    next converge, or, when it cannot be (a disk never shrinks), reported by site.yml as drift.
+    """
+    before, after = plan.before or {}, plan.after or {}
+    if after.get("flavor") and after.get("flavor") != before.get("flavor"):
+        flavor = after["flavor"]
+        if flavor.get("name"):
+            return "flavor", flavor["name"], "flavor: %s" % flavor["name"]
+        inline = dict((k, flavor[k]) for k in ("vcpus", "ram_mb", "disk_gb", "swap_mb", "ephemeral_gb")
+                      if flavor.get(k) or k in ("vcpus", "ram_mb", "disk_gb"))
+        return "flavor", inline, "flavor: {%s}" % ", ".join("%s: %s" % item for item in inline.items())
+    if after.get("image") and after.get("image") != before.get("image"):
+        name = after["image"].split("/", 1)[-1]
+        return "image", name, "image: %s" % name
+    return None
+
 
 # The keys of server_view() that are not facts of the record's ``extra``.
 _VIEW_KEYS = frozenset(("name", "uuid", "state", "managed", "virt_type", "flavor", "image", "image_pool", "hostname",
@@ -2047,6 +2075,14 @@ def _progress_sample(stats, elapsed):
     if stats.get("disk_total"):
         sample["disk_remaining_mib"] = (stats.get("disk_remaining") or 0) // MIB
     return sample
+
+
+def _progress_detail(sample):
+    parts = ["%s%% copied" % sample["percent"]] if "percent" in sample else []
+    parts.append("%d MiB of memory left" % sample["data_remaining_mib"])
+    if "disk_remaining_mib" in sample:
+        parts.append("%d MiB of disk left" % sample["disk_remaining_mib"])
+    return ", ".join(parts)
 
 
 def _thin(samples, keep):

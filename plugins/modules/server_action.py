@@ -320,6 +320,21 @@ action:
   returned: always
   type: str
   sample: live_migrate
+declared_state:
+  description:
+    - The declared field the action changed (C(flavor) after a resize or its revert, C(image) after a rebuild onto
+      another image), with its new value. The declared state (C(virtfleet_servers) in Git) must say the same, or
+      the next C(site.yml) run undoes the change, or stops on it as drift when it cannot (a disk never shrinks).
+    - RV(msg) gives the line to write.
+  returned: when the action changed a declared field
+  type: dict
+  sample: {"flavor": "m1.large"}
+msg:
+  description: What the declared state must now say, when RV(declared_state) is returned.
+  returned: when the action changed a declared field
+  type: str
+  sample: "the declared state must follow, or the next converge undoes this or stops on it as drift: in
+    virtfleet_servers set web-1's `flavor: m1.large`"
 actions:
   description: The steps taken (or, in check mode, that would be taken), in order.
   returned: always

@@ -82,6 +82,8 @@ _LOCK = "/run/lock/virtfleet-lab.lock" if os.path.isdir("/run/lock") else "/tmp/
 _START_TIMEOUT = 60
 _STOP_TIMEOUT = 30
 GIB = 1024 ** 3
+# Where live migrations send their data between lab hosts (see inventory_config).
+MIGRATION_URI = "tcp://127.0.0.1"
 
 
 @dataclass
@@ -461,14 +463,17 @@ class Lab:
         root = info["dir"]
         mounts = " && ".join("mount --bind %s %s" % (shlex.quote(os.path.join(root, sub)), target)
                              for sub, target in MOUNTS)
-        script = "%s && virtlogd -d -p /run/libvirt/virtlogd.pid && exec libvirtd -p /run/libvirt/libvirtd.pid" % (
-            mounts)
+        # Its own host name too (a UTS namespace): libvirt reports it, and claims and results name the host by it,
+        # as they would on a real cloud, instead of this machine's name for every host.
+        script = "%s && hostname %s && virtlogd -d -p /run/libvirt/virtlogd.pid && " \
+                 "exec libvirtd -p /run/libvirt/libvirtd.pid" % (mounts, shlex.quote(name))
         for stale in ("libvirtd.pid", "virtlogd.pid", "libvirt-sock"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(root, "run", stale))
         with open(os.path.join(root, "daemon.log"), "ab") as log:
             # A session of its own: a Ctrl-C meant for the test run must not kill the hosts half way through.
-            proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-c", script],
+            proc = subprocess.Popen(["unshare", "--mount", "--uts", "--propagation", "private", "--fork", "sh", "-c",
+                                     script],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                     close_fds=True)
         self._procs[name] = proc
@@ -629,9 +634,14 @@ class Lab:
     # -- inventory ------------------------------------------------------------------------------------------------
 
     def inventory_config(self, path, **options):
-        """Write a ``virtfleet.compute.libvirt`` inventory source for this lab; ``options`` are plugin options."""
+        """Write a ``virtfleet.compute.libvirt`` inventory source for this lab; ``options`` are plugin options.
+
+        Every host gets ``virtfleet_migration_uri``: the hosts share this machine's network stack, and their own host
+        names (which libvirt would send migration data to by default) resolve nowhere.
+        """
         config = {"plugin": "virtfleet.compute.libvirt",
-                  "hypervisors": [{"name": n, "uri": self.uri(n)} for n in self.names]}
+                  "hypervisors": [{"name": n, "uri": self.uri(n), "vars": {"virtfleet_migration_uri": MIGRATION_URI}}
+                                  for n in self.names]}
         config.update(options)
         with open(path, "w") as handle:
             # JSON is YAML: no YAML library needed here.
