@@ -19,7 +19,6 @@ import time
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import WaitTimeout
 
-
 PROGRESS_ENV = "VIRTFLEET_PROGRESS_FILE"
 _PROGRESS_EVERY = 1.0  # seconds between writes: the controller reads it every few seconds
 _last_progress = [0.0]
