@@ -30,6 +30,7 @@ Usage (``make lab`` / ``make lab-down`` run the first two)::
     python tests/lab/lab.py down [--dir DIR]               # stop them (by pid) and delete DIR
     python tests/lab/lab.py status [--dir DIR]
     python tests/lab/lab.py kill NAME / revive NAME        # simulate a crashed libvirtd, and bring it back
+    python tests/lab/lab.py crash NAME                     # the whole host dies: libvirtd and its guests
 
 From Python (the pytest fixtures in tests/lab/conftest.py do this)::
 
@@ -519,6 +520,12 @@ class Lab:
         _stop_pids([info["virtlogd_pid"], info["unshare_pid"]], timeout=10)
         self._save()
 
+    def crash(self, name):
+        """The whole host dies: its libvirtd as in kill(), and its guests with it (by the pids QEMU recorded)."""
+        self.kill(name)
+        _stop_pids(self._leftover_guests(self.state["hosts"][name]), timeout=10)
+        self._save()
+
     def alive(self, name):
         return pid_alive(self.state["hosts"][name]["libvirtd_pid"])
 
@@ -664,8 +671,8 @@ class Lab:
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Several libvirt compute hosts on this machine, for trying and "
                                                  "testing multi-host virtfleet.compute.")
-    parser.add_argument("command", choices=("up", "down", "status", "kill", "revive"))
-    parser.add_argument("name", nargs="?", help="host name (kill, revive)")
+    parser.add_argument("command", choices=("up", "down", "status", "kill", "crash", "revive"))
+    parser.add_argument("name", nargs="?", help="host name (kill, crash, revive)")
     parser.add_argument("--dir", default=DEFAULT_DIR, help="lab directory (default %(default)s)")
     parser.add_argument("--hosts", type=int, default=3, help="number of hosts for up (default 3)")
     args = parser.parse_args(argv)
@@ -688,7 +695,7 @@ def main(argv=None):
         print("lab in %s stopped and removed" % args.dir)
     elif args.command == "status":
         print(lab.describe())
-    elif args.command in ("kill", "revive"):
+    elif args.command in ("kill", "crash", "revive"):
         if args.name not in lab.names:
             parser.error("unknown host %r; the lab has %s" % (args.name, ", ".join(lab.names)))
         getattr(lab, args.command)(args.name)
