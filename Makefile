@@ -19,10 +19,36 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
 export PATH := $(BIN):$(PATH)
 export VIRTFLEET_IMAGE := $(IMAGE)
 
-.PHONY: demo test deps system-deps venv nova-venv link libvirtd image lint sanity units integration bench lab lab-down clean
+.PHONY: demo test deps system-deps venv nova-venv link libvirtd image lint sanity units integration bench lab lab-down \
+	clean plan converge drain evacuate action
 
 demo: deps libvirtd image
 	ansible-playbook playbooks/site.yml
+	@echo "To run the playbooks yourself: . .venv/bin/activate (then ansible-playbook ...), or make plan / converge"
+
+# The workflows, with the virtualenv's Ansible (docs/first-cloud.md). INVENTORY=inventory/lab for the lab.
+INVENTORY ?= inventory/local
+CHECK_ARGS = $(if $(CHECK),--check --diff)
+
+plan: link
+	ansible-playbook -i $(INVENTORY) playbooks/site.yml --check --diff
+
+converge: link
+	ansible-playbook -i $(INVENTORY) playbooks/site.yml $(CHECK_ARGS)
+
+drain: link
+	@test -n "$(HOST)" || { echo "make drain HOST=<compute host> [CHECK=1]"; exit 2; }
+	ansible-playbook -i $(INVENTORY) playbooks/drain_host.yml -e drain_host=$(HOST) $(CHECK_ARGS)
+
+evacuate: link
+	@test -n "$(HOST)" || { echo "make evacuate HOST=<compute host that is down> [PHASE=cleanup]"; exit 2; }
+	ansible-playbook -i $(INVENTORY) playbooks/evacuate_host.yml -e evacuate_host=$(HOST) \
+		-e evacuate_phase=$(or $(PHASE),evacuate) $(CHECK_ARGS)
+
+action: link
+	@test -n "$(SERVER)" -a -n "$(ACTION)" || { echo "make action SERVER=<name> ACTION=<action> [ARGS='-e ...']"; exit 2; }
+	ansible-playbook -i $(INVENTORY) playbooks/server_action.yml -e server_action_server=$(SERVER) \
+		-e server_action=$(ACTION) $(ARGS) $(CHECK_ARGS)
 
 test: deps libvirtd image
 	$(MAKE) lint docs-test sanity units matrix integration molecule
@@ -103,7 +129,8 @@ bench: link libvirtd
 	python bench/bench_inventory.py
 
 # The multi-host lab: LAB_HOSTS libvirt "compute hosts" on this machine (tests/lab/lab.py), used by inventory/lab.
-#   make lab; ansible-playbook -i inventory/lab playbooks/site.yml; make lab-down
+#   make lab; make converge INVENTORY=inventory/lab; make lab-down
+#   python tests/lab/lab.py crash lab-2 / revive lab-2: a host dies and comes back (docs/maintenance.md)
 LAB_DIR ?= /var/tmp/virtfleet-lab/lab
 LAB_HOSTS ?= 3
 

@@ -85,8 +85,8 @@ class ActionModule(PlanAction):
             entry["pending"] = pending.get(name) or {}
             for kind in PENDING_KINDS:
                 for item in entry["pending"].get(kind) or []:
-                    notes.append("check mode: %s on %s is planned after %s above"
-                                 % (item if isinstance(item, str) else item.get("name"), name, WHAT[kind]))
+                    notes.append("check mode: %s's servers that need %s are planned after %s above"
+                                 % (name, item if isinstance(item, str) else item.get("name"), WHAT[kind]))
         for name in predicted:
             notes.append("check mode: %s is scheduled with the host record the host task above would write" % name)
         plan["lines"] = plan["lines"] + notes

@@ -103,6 +103,7 @@ def run_step(lab, checkout, name):
         run = subprocess.run(["bash", "-c", command], cwd=str(checkout), env=env, capture_output=True, text=True,
                              timeout=900, check=False)
         runs.append(run)
+        (checkout / ("output-%s-%d.txt" % (name, index))).write_text(run.stdout + run.stderr)
         records.append([json.loads(line) for line in record.read_text().splitlines()] if record.exists() else [])
         expected = rc if index == len(commands) - 1 else 0
         if run.returncode != expected:
@@ -114,7 +115,7 @@ def run_step(lab, checkout, name):
 
 
 def domains(lab):
-    """{host: {server: (state, vcpus, memory KiB)}} read from each lab host that answers."""
+    """{host: {server: (running, memory KiB)}} read from each lab host that answers."""
     import libvirt
 
     out = {}
@@ -141,9 +142,13 @@ def host_record(lab, name):
         return read_host_record(client)[0]
 
 
-def report_rows(stdout):
-    """The report's table rows (SERVER HOST STATE RESULT), check mode's and the run's alike."""
-    return sorted(re.findall(r"^\s*\"?(\S+\s+lab-\d\s+\w+\s+\w+)\"?,?$", stdout, re.M))
+REPORT = "Servers of this run, where they run and what happened"
+
+
+def report_rows(step, run):
+    """The report's table rows (SERVER HOST STATE RESULT), without the header and the counts line."""
+    (result,) = step.results(run, REPORT).values()
+    return result["msg"][1:-1]
 
 
 CONVERGE = "Converge the servers of this host (one call for all of them)"
@@ -161,7 +166,7 @@ def test_plan_of_a_fresh_lab_then_the_converge_does_what_it_predicted(lab, check
     assert "check mode, nothing was changed: 7 created, 0 changed" in check.stdout
     assert "7 created, 0 changed" in real.stdout
     # The plan placed every server where the run put it, and predicted each server's steps exactly.
-    assert report_rows(check.stdout) == report_rows(real.stdout) and len(report_rows(real.stdout)) == 7
+    assert report_rows(step, 0) == report_rows(step, 1) and len(report_rows(step, 1)) == 7
     predicted, done = step.results(0, CONVERGE), step.results(1, CONVERGE)
     assert sorted(predicted) == sorted(done) == lab.names
     for host in lab.names:

@@ -684,7 +684,10 @@ def main(argv=None):
         print("lab of %d hosts up in %.1f s (%s):" % (len(lab.names), time.monotonic() - started, lab.dir))
         print(lab.describe())
         print("halt image (boots, halts, needs no OS): %s" % lab.halt_image)
-        print("try: ansible-playbook -i inventory/lab playbooks/site.yml   (stop with: make lab-down)")
+        print("try: . .venv/bin/activate; ansible-playbook -i inventory/lab playbooks/site.yml   (stop with: "
+              "make lab-down)")
+        print("a host dies: python tests/lab/lab.py crash lab-2; it comes back: python tests/lab/lab.py revive lab-2 "
+              "(docs/maintenance.md)")
         return 0
     lab = Lab.load(args.dir)
     if lab is None:
