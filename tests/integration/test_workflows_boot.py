@@ -3,7 +3,7 @@
 Three lab hosts (tests/lab); the inventory caches each host's last answer (cache: true). site.yml boots a Debian
 guest and a halt server on wb-1 and logs into the guest; the plan (check mode) with that running server exits 0
 and logs into nothing. A server_action run moves the halt server to wb-3 (its inventory read is the last answer
-from wb-1), then wb-1 dies with its guests. evacute_host.yml takes wb-1's servers from the inventory's last answer,
+from wb-1), then wb-1 dies with its guests. evacuate_host.yml takes wb-1's servers from the inventory's last answer,
 leaves the moved one alone and rebuilds the Debian guest elsewhere with the controller's key: the test logs into
 it, and the next site.yml logs into it too, with nothing to rewrite.
 
@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.boot]
 SPECS = [HostSpec("wb-1", memory_mb=2048, vcpus=2, disk_gb=20), HostSpec("wb-2", memory_mb=2048, vcpus=2, disk_gb=20),
          HostSpec("wb-3", memory_mb=1024, vcpus=1, disk_gb=10)]
 PLAYBOOKS = os.path.join(REPO_ROOT, "playbooks")
+CALLBACKS = os.path.join(REPO_ROOT, "tests", "integration", "targets", "workflows", "callback_plugins")
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +62,26 @@ def workdir(lab, tmp_path_factory):
 
 
 def run(workdir, playbook, *args, **extravars):
+    """ansible-playbook on the lab; the run's ``messages`` are every task's msg, one per line (the terminal output
+    folds long lines)."""
     cmd = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), os.path.join(PLAYBOOKS, playbook),
            "-i", str(workdir / "lab.virtfleet.yml"), "-e", "@" + str(workdir / "cloud.json")]
     if extravars:
         cmd += ["-e", json.dumps(extravars)]
     cmd += list(args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False,
-                          env=ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default"}))
-    return PlaybookRun(proc, _recap(proc.stdout))
+    record = workdir / "record.jsonl"
+    if record.exists():
+        record.unlink()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False, env=ansible_env({
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default", "ANSIBLE_CALLBACK_PLUGINS": CALLBACKS,
+        "ANSIBLE_CALLBACKS_ENABLED": "record_results", "VIRTFLEET_TEST_RECORD": str(record)}))
+    result = PlaybookRun(proc, _recap(proc.stdout))
+    lines = []
+    for line in record.read_text().splitlines() if record.exists() else []:
+        msg = json.loads(line)["result"].get("msg")
+        lines.extend(m for m in (msg if isinstance(msg, list) else [msg]) if isinstance(m, str))
+    result.messages = "\n".join(lines)
+    return result
 
 
 def where(lab):
@@ -102,8 +115,8 @@ def test_converge_boots_and_logs_in(lab, workdir):
 
 def test_the_plan_with_a_running_server_exits_0_and_contacts_no_server(lab, workdir):
     plan = run(workdir, "site.yml", "--check", "--diff").assert_ok()
-    assert "check mode: a real run logs into deb-1 at" in plan.stdout
-    assert "check mode, nothing was changed: 0 created, 0 changed, 0 deleted (0 pruned), 2 unchanged" in plan.stdout
+    assert "check mode: a real run logs into deb-1 at" in plan.messages
+    assert "check mode, nothing was changed: 0 created, 0 changed, 0 deleted (0 pruned), 2 unchanged" in plan.messages
     assert not any(stats["changed"] for stats in plan.stats.values()), plan.stdout[-4000:]
 
 
@@ -116,8 +129,8 @@ def test_evacuate_uses_the_last_answer_of_the_dead_host_and_keeps_the_controller
 
     evacuated = run(workdir, "evacuate_host.yml", evacuate_host="wb-1").assert_ok()
     assert re.search(r"the servers of wb-1 come from the inventory cache \(wb-1 answered last at \S+Z, \d+ (s|min) "
-                     r"ago\)", evacuated.stdout), evacuated.stdout[-4000:]
-    assert "halt-1 runs on wb-3 now (moved after the list was written): left alone" in evacuated.stdout
+                     r"ago\)", evacuated.messages), evacuated.messages
+    assert "halt-1 runs on wb-3 now (moved after the list was written): left alone" in evacuated.messages
     placed = where(lab)
     assert placed["halt-1"] == "wb-3" and placed["deb-1"] in ("wb-2", "wb-3")
 
@@ -127,6 +140,6 @@ def test_evacuate_uses_the_last_answer_of_the_dead_host_and_keeps_the_controller
 
     # The next converge finds the config drive it would write, and logs in as well (wb-1 is left out, down).
     again = run(workdir, "site.yml").assert_ok()
-    assert "left out (down or failed): wb-1" in again.stdout
-    assert "deb-1 is up: ssh -i" in again.stdout and "is not logged into" not in again.stdout
+    assert "left out (down or failed): wb-1" in again.messages
+    assert "deb-1 is up: ssh -i" in again.messages and "is not logged into" not in again.messages
     assert not any(stats["changed"] for stats in again.stats.values()), again.stdout[-4000:]
