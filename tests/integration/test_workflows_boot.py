@@ -55,7 +55,7 @@ def workdir(lab, tmp_path_factory):
         "virtfleet_servers": [
             {"name": "deb-1", "host": "wb-1", "flavor": {"vcpus": 1, "ram_mb": 512, "disk_gb": 3},
              "image": "debian-12", "networks": ["default"], "user_data": "#cloud-config\nfinal_message: deb-1 up\n"},
-            {"name": "halt-1", "host": "wb-1", "flavor": "m1.tiny", "image": "halt", "networks": ["default"]},
+            {"name": "halt-1", "host": "wb-1", "flavor": "m1.tiny", "image": "halt"},
         ],
     }))
     return directory
