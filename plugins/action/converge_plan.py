@@ -65,6 +65,9 @@ class ActionModule(PlanAction):
                 results = dict((kind, (self.hostvar(task_vars, name, registered.get(kind) or "", {}) or {})
                                 .get("results")) for kind in PENDING_KINDS)
                 pending[name] = pending_resources(results)
+                pool = hosts[name].get("instance_pool") or {}
+                if not pool.get("found", True) and pool.get("name") in pending[name].get("pools", []):
+                    predicted.setdefault(name, {})["disk_unknown"] = True
 
         controller_key = args.get("controller_key") or None
         notes = []
@@ -87,8 +90,10 @@ class ActionModule(PlanAction):
                 for item in entry["pending"].get(kind) or []:
                     notes.append("check mode: %s's servers that need %s are planned after %s above"
                                  % (name, item if isinstance(item, str) else item.get("name"), WHAT[kind]))
-        for name in predicted:
-            notes.append("check mode: %s is scheduled with the host record the host task above would write" % name)
+        for name, entry in predicted.items():
+            if entry.get("host_record"):
+                notes.append("check mode: %s is scheduled with the host record the host task above would write"
+                             % name)
         plan["lines"] = plan["lines"] + notes
         plan["msg"] = "; ".join(plan["lines"]) or "no servers declared"
         return plan

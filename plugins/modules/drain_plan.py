@@ -39,7 +39,9 @@ options:
     type: str
     required: true
   hosts:
-    description: Every compute host as M(virtfleet.compute.host_info) returns it (RV(virtfleet.compute.host_info#module:host)), read now.
+    description:
+      - Every compute host as M(virtfleet.compute.host_info) returns it (RV(virtfleet.compute.host_info#module:host)),
+        read now.
     type: list
     elements: dict
     required: true

@@ -33,6 +33,8 @@ DOWN_HOST = {"up": False, "vcpus": 0, "memory_mb": 0, "local_gb": 0}
 RECORD_FIELDS = ("enabled", "disabled_reason", "availability_zone", "aggregates", "traits", "cpu_allocation_ratio",
                  "ram_allocation_ratio", "disk_allocation_ratio", "reserved_host_memory_mb", "reserved_host_cpus",
                  "reserved_host_disk_mb")
+# The disk a host is taken to have in check mode while its instance pool does not exist yet.
+UNKNOWN_DISK_GB = 1 << 30
 # The cloud-init inputs of a server (the server and server_action modules' options of the same names).
 CLOUD_INIT_FIELDS = ("hostname", "user_data", "network_config")
 
@@ -192,8 +194,15 @@ def converge_plan(servers, hosts, schedule, flavors=None, server_groups=None, le
     requests = scheduler_requests(wanted, flavors, groups)
 
     scheduler_hosts = {}
+    notes = []
     for name, host in hosts.items():
         host = with_predicted_record(host, (predicted.get(name) or {}).get("host_record"))
+        if (predicted.get(name) or {}).get("disk_unknown"):
+            # The instance pool the run would create does not exist yet, so its size is unknown: placed as if the
+            # disks fit (the claim checks it on the host when the real run builds the server).
+            host = dict(host, local_gb=UNKNOWN_DISK_GB, local_gb_used=0, reserved_host_disk_mb=0)
+            notes.append("check mode: %s's disk is unknown until its instance pool exists; placed as if the disks "
+                         "fit" % name)
         scheduler_hosts[name] = host_for_scheduler(host, requests)
     # Hosts left out stay in the scheduler's input as down, so a server that fits nowhere says so for them too.
     for name, record in left_out.items():
@@ -243,7 +252,7 @@ def converge_plan(servers, hosts, schedule, flavors=None, server_groups=None, le
     lines = ["%s %s %s" % (p["name"], p["host"], "stays" if p.get("existing") else "placed") for p in placements]
     lines += ["left out (down or failed): %s" % name for name in sorted(left_out)]
     lines += ["waiting until every host answers: %s" % name for name in waiting]
-    lines += [d["msg"] for d in drift]
+    lines += [d["msg"] for d in drift] + notes
     return {
         "placements": placements,
         "hosts": per_host,

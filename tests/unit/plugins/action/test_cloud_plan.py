@@ -150,6 +150,17 @@ def test_check_mode_schedules_with_the_host_record_the_run_would_write(schedule)
     assert "other" not in schedule.calls[-1][1]["h1"]
 
 
+def test_check_mode_places_on_a_host_whose_instance_pool_the_run_would_create(schedule):
+    hosts = {"h1": host("h1", local_gb=0)}
+    servers = [{"name": "a", "flavor": TINY}]
+    with pytest.raises(cp.PlanError, match="DiskFilter"):
+        cp.converge_plan(servers, hosts, schedule)
+    plan = cp.converge_plan(servers, hosts, schedule, predicted={"h1": {"disk_unknown": True}})
+    assert plan["placements"][0]["host"] == "h1"
+    assert "check mode: h1's disk is unknown until its instance pool exists; placed as if the disks fit" in \
+        plan["lines"]
+
+
 def test_a_server_that_fits_nowhere_fails_the_plan(schedule):
     with pytest.raises(cp.PlanError, match="No valid host for server 'big'"):
         cp.converge_plan([{"name": "big", "flavor": {"vcpus": 64, "ram_mb": 1, "disk_gb": 1}}], {"h1": host("h1")},
