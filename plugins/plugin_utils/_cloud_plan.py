@@ -134,8 +134,8 @@ def host_for_scheduler(host, requests):
 
 def _flavor_text(flavor):
     name = flavor.get("name")
-    sizes = "%s vCPU, %s MiB, %s GiB" % (flavor.get("vcpus"), flavor.get("ram_mb", flavor.get("memory_mb")),
-                                        flavor.get("disk_gb"))
+    ram = flavor.get("ram_mb", flavor.get("memory_mb"))
+    sizes = "%s vCPU, %s MiB, %s GiB" % (flavor.get("vcpus"), ram, flavor.get("disk_gb"))
     return "%s (%s)" % (name, sizes) if name else sizes
 
 
@@ -163,10 +163,11 @@ def flavor_drift(server, declared_flavor):
 
 
 def drift_message(drift, host):
+    name = drift["name"]
     return ("drift: %s on %s runs as %s, but the declared state says %s; a disk never shrinks, so the converge "
             "cannot follow it and leaves %s alone. It was changed outside Git (a server_action resize): make Git "
-            "follow it, in virtfleet_servers set %s's `%s`" % (drift["name"], host, drift["actual"], drift["declared"],
-                                                             drift["name"], drift["name"], drift["line"]))
+            "follow it, in virtfleet_servers set %s's `%s`"
+            % (name, host, drift["actual"], drift["declared"], name, name, drift["line"]))
 
 
 # -- site.yml -------------------------------------------------------------------------------------------------------

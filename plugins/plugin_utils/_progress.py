@@ -87,7 +87,8 @@ class ProgressAction(ActionBase):
         def work():
             try:
                 box["result"] = self._execute_module(task_vars=task_vars)
-            except BaseException as exc:  # pylint: disable=broad-except - re-raised in the task's thread
+            # Whatever it is, it is raised again in the task's own thread below.
+            except BaseException as exc:  # pylint: disable=broad-except
                 box["error"] = exc
 
         interval = float(os.environ.get(INTERVAL_ENV) or 10)

@@ -52,7 +52,8 @@ def host(name, servers=(), memory_mb=4096, up=True, **fields):
     return entry
 
 
-def on_host(name, flavor=TINY, **fields):
+def on_host(name, flavor=None, **fields):
+    flavor = flavor or TINY
     entry = {"name": name, "uuid": "u-" + name, "state": "running", "flavor": flavor.get("name"),
              "vcpus": flavor["vcpus"], "memory_mb": flavor["ram_mb"], "disk_gb": flavor["disk_gb"]}
     entry.update(fields)
@@ -144,8 +145,8 @@ def test_check_mode_schedules_with_the_host_record_the_run_would_write(schedule)
     servers = [{"name": "a", "flavor": TINY}]
     plan = cp.converge_plan(servers, hosts, schedule)
     assert plan["placements"][0]["host"] == "h2"
-    predicted = cp.converge_plan(servers, hosts, schedule, predicted={"h1": {"host_record": {"enabled": True,
-                                                                                              "other": 1}}})
+    record = {"enabled": True, "other": 1}
+    predicted = cp.converge_plan(servers, hosts, schedule, predicted={"h1": {"host_record": record}})
     assert predicted["placements"][0]["host"] == "h1"
     assert "other" not in schedule.calls[-1][1]["h1"]
 
@@ -280,8 +281,9 @@ def test_a_host_that_is_down_cannot_be_drained(schedule):
 NOW = datetime.datetime(2026, 12, 7, 12, 0, 0, tzinfo=datetime.timezone.utc)
 
 
-def view(name, flavor=TINY, **fields):
+def view(name, flavor=None, **fields):
     """A server as server_info (and the inventory) shows it."""
+    flavor = flavor or TINY
     entry = {"name": name, "uuid": "u-" + name, "state": "running", "flavor": dict(flavor), "image": "halt",
              "networks": [], "hostname": name}
     entry.update(fields)

@@ -312,5 +312,3 @@ def test_without_the_cache_a_host_that_is_down_has_no_last_answer(tmp_path, flee
     fleet.records["kvm-02"] = ConnectionError("cannot connect to libvirt")
     inventory = parse(tmp_path, config)
     assert "last_known" not in hostvars(inventory, "kvm-02")["virtfleet_host"]
-
-

@@ -70,8 +70,8 @@ def test_a_pending_network_and_a_pending_pool(client):
 
 
 def test_the_servers_batch_passes_pending_on(client):
-    result = converge_servers(client, {"servers": [server()], "pending": {"images": [pending_image()],
-                                                                           "flavors": [TINY]}}, check_mode=True)
+    pending = {"images": [pending_image()], "flavors": [TINY]}
+    result = converge_servers(client, {"servers": [server()], "pending": pending}, check_mode=True)
     assert result["summary"]["created"] == ["web1"] and not result.get("failed")
 
 
@@ -119,4 +119,3 @@ def test_the_progress_line_says_what_how_long_and_the_limit():
         "server_action resize web-1: running for 15 s; waiting for the guest to shut down (ACPI power button), 12 s of "
         "120 s (a guest that ignores it is forced off at the limit (shutdown_timeout))")
     assert describe("virtfleet.compute.servers", {"servers": [1, 2]}, 7, None) == "servers (2 servers): running for 7 s"
-
