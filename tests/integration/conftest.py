@@ -5,8 +5,10 @@ fail, never skip, when it is missing: a skipped integration test would prove not
 """
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -128,8 +130,12 @@ def ssh_key(tmp_path_factory):
         return key, handle.read().strip()
 
 
-def ssh(ip, key, command, user="debian", timeout=120):
-    """Run ``command`` in a guest over SSH, retrying while sshd comes up; returns stdout."""
+def ssh(ip, key, command, user="debian", timeout=300):
+    """Run ``command`` in a guest over SSH, retrying while sshd comes up; returns stdout.
+
+    The timeout is generous on purpose: under TCG on two cores a guest that boots in 34 s alone can take minutes when
+    the machine is busy. When it runs out, the message says how busy the machine was and which guests were running,
+    so a failure in CI can be told apart from a guest that never came up."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -143,7 +149,39 @@ def ssh(ip, key, command, user="debian", timeout=120):
             return proc.stdout
         last = proc.stderr
         time.sleep(2)
-    raise AssertionError("ssh %s@%s %r failed until the timeout: %s" % (user, ip, command, last))
+    raise AssertionError("ssh %s@%s %r failed until the timeout (%d s): %s\n%s"
+                         % (user, ip, command, timeout, last, machine_load()))
+
+
+def running_guests():
+    """{pid: guest name} of every QEMU process on this machine, whichever libvirtd started it."""
+    out = subprocess.run(["pgrep", "-a", "qemu-system"], capture_output=True, text=True, check=False).stdout
+    guests = {}
+    for line in out.splitlines():
+        pid, _sep, cmd = line.partition(" ")
+        name = re.search(r"-name (?:guest=)?([^,\s]+)", cmd)
+        guests[pid] = name.group(1) if name else cmd[:80]
+    return guests
+
+
+def machine_load():
+    """One line on how busy the machine is: load averages and the guests running (for failure messages)."""
+    with open("/proc/loadavg") as handle:
+        load = " ".join(handle.read().split()[:3])
+    guests = sorted(running_guests().values())
+    return "machine load %s; %d guest(s) running: %s" % (load, len(guests), ", ".join(guests) or "none")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _report_guests_left_running(request):
+    """Warn (in pytest's summary) when a test module leaves QEMU processes behind: a guest left running by one test
+    slows every later boot test on these two-core machines, which is how a boot test times out far from its cause."""
+    before = set(running_guests())
+    yield
+    left = dict((pid, name) for pid, name in running_guests().items() if pid not in before)
+    if left:
+        warnings.warn("%s left %d guest(s) running: %s" % (request.module.__name__, len(left),
+                                                           ", ".join(sorted(left.values()))), stacklevel=2)
 
 
 class PlaybookRun:

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from tests.integration.conftest import ensure_pool, run_playbook, ssh
+from tests.integration.conftest import ensure_pool, machine_load, run_playbook, ssh
 
 TARGETS = "tests/integration/targets/volume"
 POOL = "vf-t8-volumes"
@@ -102,7 +102,7 @@ def _attach(names, **extra):
     return [dict({"name": name, "pool": POOL}, **extra) for name in names]
 
 
-def _reachable_ip(client, name, key_path, timeout=300):
+def _reachable_ip(client, name, key_path, timeout=600):
     """The address of ``name`` that answers SSH. libvirt's lease list can still hold an older lease of the same
     (name-derived) MAC from an earlier run of this test, so the first address listed is not always the live one."""
     from ansible_collections.virtfleet.compute.plugins.module_utils._server import list_servers
@@ -116,7 +116,8 @@ def _reachable_ip(client, name, key_path, timeout=300):
             except AssertionError:
                 continue
         time.sleep(2)
-    raise AssertionError("no address of %s answered SSH within %d s" % (name, timeout))
+    raise AssertionError("no address of %s (%s) answered SSH within %d s; %s"
+                         % (name, ", ".join(list_servers(client, [name])[0]["ips"]), timeout, machine_load()))
 
 
 @pytest.mark.boot
@@ -140,7 +141,7 @@ def test_hot_plug_into_booted_guests_with_encryption_at_rest(
             _server(client, name=name, wait=False, **common)
         for name in (a, b):
             wait_until_ready(client, name, _m("_domain").Domain(client.domain_xml(client.lookup_domain(name)))
-                             .managed_nics(), 300)
+                             .managed_nics(), 600)
         ips = dict((name, _reachable_ip(client, name, key_path)) for name in (a, b))
         timings["boot two guests to SSH"] = time.monotonic() - started
 
