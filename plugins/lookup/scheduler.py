@@ -22,7 +22,9 @@ description:
     C(hypervisor_type), C(hypervisor_version), C(cpu_info) and C(stats)), C(ImagePropertiesFilter) (the server's
     image properties C(hw_architecture), C(img_hv_type), C(hw_vm_mode), C(img_hv_requested_version) against the
     host's supported instance types and hypervisor version), C(TraitsFilter) (flavor extra specs
-    C(trait:NAME=required|forbidden)), C(RamFilter), C(CoreFilter) and C(DiskFilter) (placement's capacity after
+    C(trait:NAME=required|forbidden)), C(HostFeaturesFilter) (C(hw:mem_page_size) needs enough free huge pages of
+    its size, C(quota:vif_*) a kernel that can shape NIC traffic, as the host's C(features) report them; a host that
+    does not report them passes), C(RamFilter), C(CoreFilter) and C(DiskFilter) (placement's capacity after
     allocation ratios and reservations), C(DedicatedCpuFilter) (a flavor with C(hw:cpu_policy=dedicated) needs
     that many host CPUs no other dedicated server holds, never overcommitted; placement's PCPU resource class),
     C(NumInstancesFilter), C(IoOpsFilter) (opt-in, as in Nova), C(ServerGroupAntiAffinityFilter),
@@ -105,6 +107,7 @@ options:
       - ComputeCapabilitiesFilter
       - ImagePropertiesFilter
       - TraitsFilter
+      - HostFeaturesFilter
       - RamFilter
       - CoreFilter
       - DiskFilter

@@ -29,7 +29,7 @@ __metaclass__ = type
 import math
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity
+from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity, _host_features
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import GIB, Domain
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import HostUnavailableError
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_record import (
@@ -225,6 +225,7 @@ def host_info(client, name=None, instance_pool=INSTANCE_POOL, details=True):
     host["capacity"] = _capacity.capacity(host)
     if details:
         host.update(_hypervisor_details(client))
+        host["features"] = _host_features.features(client, host["numa_cells"])
         # Nova reports the CPU's traits next to the operator's: a flavor can require either kind.
         host["traits"] = sorted(set(host["traits"]) | set(host["cpu"]["traits"]))
     return host
@@ -258,6 +259,11 @@ def _hypervisor_details(client):
         "cpu": _cpu_facts(client, cpu),
         "numa_cells": _numa_cells(caps),
     }
+
+
+def host_features(client):
+    """What the host can do for extra specs (huge pages, NIC shaping): see _host_features.features."""
+    return _host_features.features(client, _numa_cells(client.capabilities()))
 
 
 def _cpu_facts(client, cpu):

@@ -130,6 +130,14 @@ class LibvirtClient:
     def free_memory_bytes(self):
         return self._call("read free memory", self.conn.getFreeMemory)
 
+    def free_pages(self, sizes_kib, cells):
+        """{cell id: {page size KiB: free pages}} for the given page sizes and NUMA cells."""
+        free = {}
+        for cell in cells:
+            answer = self._call("read free memory pages", self.conn.getFreePages, list(sizes_kib), cell, 1) or {}
+            free[cell] = dict((int(size), int(count)) for size, count in (answer.get(cell) or {}).items())
+        return free
+
     # -- domains ----------------------------------------------------------------------------------------------------
 
     def lookup_domain(self, name):

@@ -16,7 +16,7 @@ import re
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtfleet.compute.plugins.module_utils import _attachments, _configdrive
+from ansible_collections.virtfleet.compute.plugins.module_utils import _attachments, _configdrive, _host_features
 from ansible_collections.virtfleet.compute.plugins.module_utils._claims import Claim, grows
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
     DISK_TARGETS,
@@ -48,7 +48,11 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._flavor_catalog 
     resolve_flavor,
     snapshot_differences,
 )
-from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import numa_cpu_cells, taken_cpus
+from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import (
+    host_features,
+    numa_cpu_cells,
+    taken_cpus,
+)
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_record import record_build_result
 from ansible_collections.virtfleet.compute.plugins.module_utils._hypervisor import VIRT_TYPES, resolve_virt_type
 from ansible_collections.virtfleet.compute.plugins.module_utils._pending import Pending
@@ -414,6 +418,7 @@ class ServerPlanner:
             plan.created = True
             return
         resolved = self._resolve_references(definition)
+        _refuse_unmet_features(client, flavor)
         # Checked now, so a server that does not fit fails before anything is made (and check mode says so).
         claim = Claim(client, req.name, flavor, instance_pool=req.instance_pool)
         image = resolved["image"]
@@ -595,6 +600,7 @@ class ServerPlanner:
                         "(config_drive_rewritten: true). Rebuild it to apply them (server_action action=rebuild, "
                         "its root disk is replaced), or re-run cloud-init in the guest" % req.name)
 
+        _refuse_unmet_features(client, flavor, old_specs=old_specs)
         current_flavor = _current_flavor(domain)
         claim = None
         if shelved and req.state not in ("shelved", "present"):
@@ -1008,6 +1014,19 @@ def wait_until_ready(client, name, nics, timeout, leases_before=None):
         wait_for(has_addresses, timeout, "an IP address on every network of %s" % name, interval=1.0,
                  deadline=deadline)
     return round(deadline.elapsed(), 1)
+
+
+def _refuse_unmet_features(client, flavor, old_specs=None):
+    """Refuse, while planning, a flavor whose extra specs the host cannot honour (huge pages, NIC shaping): without
+    this the claim is taken and the domain defined before QEMU fails to start. An update is checked only when those
+    extra specs change, since a running server already holds its huge pages."""
+    wanted = _host_features.feature_specs(flavor.extra_specs)
+    if not wanted or (old_specs is not None and _host_features.feature_specs(old_specs) == wanted):
+        return
+    unmet = _host_features.unmet_needs(flavor.extra_specs, flavor.ram_mb, host_features(client))
+    if unmet:
+        raise ConflictError("%s cannot run here: %s" % (client.uri, _host_features.describe_unmet(unmet, flavor.name)),
+                            field="flavor.extra_specs")
 
 
 def cpu_pinning(client, flavor, server_name):

@@ -80,14 +80,17 @@ options:
         on any host CPU, as in Nova without C(cpu_shared_set); keep them apart from dedicated ones with aggregates
         when that matters.
       - C(hw:mem_page_size) V(small), V(large) (the host's default huge pages), V(any) (rendered as small pages) or
-        a size such as V(2048) (KiB), V(2MB), V(1GB).
+        a size such as V(2048) (KiB), V(2MB), V(1GB). A server needs RAM / size free huge pages of that size on its
+        host; where they are missing it is refused while planning, before anything is made (see
+        C(virtfleet.compute.host_info)'s C(features)).
       - C(hw:watchdog_action) V(disabled), V(reset), V(poweroff), V(pause) or V(none) (an i6300esb watchdog).
       - C(quota:cpu_shares), C(quota:cpu_period) (microseconds, 1000 to 1000000), C(quota:cpu_quota)
         (microseconds per period, at least 1000, or negative for no limit); not with V(dedicated).
       - C(quota:disk_{read,write,total}_{bytes,iops}_sec) on the server's root, ephemeral and swap disks; a total
         limit excludes the read and write limits of the same kind.
       - C(quota:vif_{inbound,outbound}_{average,peak,burst}) (KiB/s, burst in KiB) on every NIC; peak and burst need
-        the average of the same direction.
+        the average of the same direction. A host whose kernel cannot shape traffic (no C(sfq) queueing discipline)
+        refuses them while planning.
       - C(aggregate_instance_extra_specs:KEY) is matched by the scheduler against host aggregate metadata.
     type: dict
   force:

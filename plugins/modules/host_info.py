@@ -268,6 +268,22 @@ host:
       description: NUMA cells - id, memory_mb, cpus (host CPU ids) and pages (size_kb, count).
       type: list
       elements: dict
+    features:
+      description:
+        - What the host can do for flavor extra specs that need a host feature. The server module refuses such a
+          flavor while planning (check mode too), naming the extra spec and what the host lacks, and the
+          scheduler's C(HostFeaturesFilter) leaves the host out.
+        - C(huge_pages) - per huge page size (C(size_kb)), the C(total) and C(free) pages summed over the NUMA cells;
+          C(hw:mem_page_size) needs RAM / size free pages of its size (C(large) - the smallest huge page size).
+        - C(bandwidth_shaping) - C(supported) true, false or null (unknown) and a C(reason). C(quota:vif_*) extra
+          specs need the htb, sfq and ingress queueing disciplines libvirt shapes NIC traffic with. It is probed
+          (in a throw-away network namespace) only when the host is the machine the module runs on and the module
+          runs as root; otherwise it is null and nothing is refused for it.
+      type: dict
+      sample:
+        huge_pages: [{size_kb: 2048, total: 512, free: 384}, {size_kb: 1048576, total: 0, free: 0}]
+        bandwidth_shaping: {supported: false, reason: the kernel lacks the sfq queueing discipline libvirt shapes
+          NIC traffic with (Error - Specified qdisc kind is unknown.)}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -15,7 +15,7 @@ question once per request and each filter runs once per request or for every ser
 
 from __future__ import annotations
 
-from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity
+from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity, _host_features
 from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import inputs
 from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import weighers as W
 
@@ -26,6 +26,7 @@ ALL_FILTERS = (
     "ComputeCapabilitiesFilter",
     "ImagePropertiesFilter",
     "TraitsFilter",
+    "HostFeaturesFilter",
     "RamFilter",
     "CoreFilter",
     "DiskFilter",
@@ -41,7 +42,7 @@ ALL_FILTERS = (
 DEFAULT_FILTERS = tuple(f for f in ALL_FILTERS if f != "IoOpsFilter")
 
 STATIC = frozenset(("ComputeFilter", "AvailabilityZoneFilter", "AggregateInstanceExtraSpecsFilter",
-                    "ComputeCapabilitiesFilter", "ImagePropertiesFilter", "TraitsFilter"))
+                    "ComputeCapabilitiesFilter", "ImagePropertiesFilter", "TraitsFilter", "HostFeaturesFilter"))
 RESOURCE = {"CoreFilter": 0, "RamFilter": 1, "DiskFilter": 2, "DedicatedCpuFilter": 3}
 COUNTS = frozenset(("NumInstancesFilter", "IoOpsFilter"))
 # Filters that depend on the individual server and whether they apply to a request at all.
@@ -253,6 +254,16 @@ def traits_filter(s, i, req):
     return None
 
 
+def host_features_filter(s, i, req):
+    """Extra specs the host cannot honour: huge pages it does not have free, NIC shaping its kernel cannot do (the
+    same comparison the server module refuses with). Nova checks page sizes in its NUMATopologyFilter, per NUMA cell;
+    this counts the whole host, and does not take away the pages earlier servers of the same run will hold."""
+    if not req.features:
+        return None
+    unmet = _host_features.unmet_needs(dict(req.features), req.res[1], s.t.features[i])
+    return _host_features.describe_unmet(unmet, req.flavor_name or None) if unmet else None
+
+
 def _resource(s, r, i, req):
     t = s.t
     amount, used, cap, maxu = req.res[r], t.used[r][i], t.cap[r][i], t.maxu[r][i]
@@ -331,6 +342,7 @@ METHODS = {
     "ComputeCapabilitiesFilter": capabilities_filter,
     "ImagePropertiesFilter": image_properties_filter,
     "TraitsFilter": traits_filter,
+    "HostFeaturesFilter": host_features_filter,
     "RamFilter": ram_filter,
     "CoreFilter": core_filter,
     "DiskFilter": disk_filter,

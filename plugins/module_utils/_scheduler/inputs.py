@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity
+from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity, _host_features
 from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler import weighers as W
 from ansible_collections.virtfleet.compute.plugins.module_utils._scheduler.errors import SchedulerInputError
 
@@ -41,6 +41,7 @@ class Request:
     required_traits: frozenset = frozenset()
     forbidden_traits: frozenset = frozenset()
     image: tuple = ()  # ((property, value), ...) of IMAGE_PROPERTIES
+    features: tuple = ()  # ((extra spec, value), ...) that need a host feature (huge pages, NIC shaping)
     group: str | None = None
     policy: str | None = None
     max_per_host: int = 1
@@ -50,7 +51,8 @@ class Request:
     key: object = None
 
     def static_key(self):
-        return (self.az, self.agg_specs, self.caps_specs, self.required_traits, self.forbidden_traits, self.image)
+        return (self.az, self.agg_specs, self.caps_specs, self.required_traits, self.forbidden_traits, self.image,
+                self.features, self.res[1] if self.features else None)
 
 
 def text(value):
@@ -143,6 +145,7 @@ def parse_flavor(flavor, where, match_unscoped, resource_weighers):
         tuple(sorted(caps)),
         frozenset(required),
         frozenset(forbidden),
+        tuple(sorted(_host_features.feature_specs(dict((str(k), text(v)) for k, v in specs.items())).items())),
     )
 
 
@@ -159,9 +162,9 @@ def parse_server(server, where, options, flavor_cache):
         parsed = (flavor, parse_flavor(flavor, where + ".flavor", options.match_unscoped_extra_specs,
                                        options.resource_weighers))
         flavor_cache[id(flavor)] = parsed
-    flavor_name, res, weigh_use, agg, caps, required, forbidden = parsed[1]
+    flavor_name, res, weigh_use, agg, caps, required, forbidden, features = parsed[1]
     req = Request(name=name, flavor_name=flavor_name, res=res, weigh_use=weigh_use, agg_specs=agg, caps_specs=caps,
-                  required_traits=required, forbidden_traits=forbidden)
+                  required_traits=required, forbidden_traits=forbidden, features=features)
     az = server.get("availability_zone")
     req.az = str(az) if az not in (None, "") else None
     group = server.get("server_group")
@@ -219,6 +222,7 @@ class HostTable:
     traits: list = field(default_factory=list)
     caps: list = field(default_factory=list)  # the view ComputeCapabilitiesFilter walks
     supported: list = field(default_factory=list)  # [(arch, hv_type, vm_mode)]
+    features: list = field(default_factory=list)  # host_info's features (huge pages, NIC shaping), or None
     cap: tuple = ()  # per resource: capacity after reservation and ratio
     maxu: tuple = ()
     used: tuple = ()
@@ -327,6 +331,7 @@ def load_hosts(hosts, options, weights):
         t.traits.append(frozenset(str(x) for x in host.get("traits") or ()))
         t.caps.append(_caps_view(host, name))
         t.supported.append(_supported_instances(host, where))
+        t.features.append(host.get("features") if isinstance(host.get("features"), Mapping) else None)
         try:
             caps = _capacity.capacity(host)
         except ValueError as exc:

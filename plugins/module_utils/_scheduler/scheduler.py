@@ -129,6 +129,14 @@ DEVIATIONS = (
      "option": None,
      "text": "With shuffle_best_same_weighed_hosts the best equal hosts are drawn at random as in Nova, but the "
              "later ties of the same request are broken as if the unchosen best hosts had kept their order."},
+    {"name": "host-features-filter",
+     "option": "enabled_filters",
+     "text": "HostFeaturesFilter (on by default) leaves out a host without enough free huge pages for "
+             "hw:mem_page_size, counted over the whole host (libvirt takes them from any cell when the guest has no "
+             "NUMA topology of its own), and a host whose kernel cannot shape NIC traffic for quota:vif_* (which "
+             "Nova does not check; the start fails there). Nova's NUMATopologyFilter fits the pages in one cell. "
+             "Pages that earlier servers of the same run will hold are not taken away; the server module refuses "
+             "on the host if they run out."},
     {"name": "weighers-not-modelled",
      "option": None,
      "text": "MetricsWeigher, PCIWeigher, CrossCellWeigher and ImagePropertiesWeigher (off by default in Nova) "

@@ -101,6 +101,7 @@ class FakeHost:
         self.pools = {"virtfleet-instances": FakePool("virtfleet-instances")}
         self.mutex = threading.Lock()
         self.calls = []
+        self.free_huge = {}  # {cell: {page size KiB: free pages}}, as libvirt's getFreePages answers
 
     # helpers for tests
     def add_domain(self, xml, active=False, disk_capacity=None):
@@ -134,6 +135,10 @@ class FakeHost:
 
     def capabilities(self):
         return ET.fromstring(CAPABILITIES)
+
+    def free_pages(self, sizes_kib, cells):
+        return dict((cell, dict((size, self.free_huge.get(cell, {}).get(size, 0)) for size in sizes_kib))
+                    for cell in cells)
 
     def expanded_cpu_features(self, cpu_xml):
         return sorted(["sse", "sse2", "pni", "avx2", "vmx", "fpu"])

@@ -139,3 +139,24 @@ def test_every_deviation_is_documented_with_its_switch():
 ])
 def test_version_predicates_like_oslo_utils(version, predicate, ok):
     assert F.version_satisfies(version, predicate) is ok
+
+
+def _features(free_2m=0, shaping=True):
+    return {"huge_pages": [{"size_kb": 2048, "total": free_2m, "free": free_2m}],
+            "bandwidth_shaping": {"supported": shaping, "reason": "the kernel lacks the sfq queueing discipline"}}
+
+
+def test_host_features_filter_huge_pages_and_shaping():
+    huge = dict(SMALL, name="m1.huge", extra_specs={"hw:mem_page_size": "large"})  # 2048 MB: 1024 pages of 2 MiB
+    # The emptier host lacks the pages: the filter sends the server to the one that has them.
+    pages = host("pages", features=_features(free_2m=1024), memory_mb=32768)
+    nopages = host("nopages", features=_features(free_2m=1023))
+    assert where(huge, [nopages, pages]) == "pages"
+    reasons = where(huge, [nopages])
+    assert reasons == {"nopages": "HostFeaturesFilter: flavor m1.huge extra spec hw:mem_page_size: 2048 MB of RAM "
+                                  "needs 1024 free 2048 KiB pages, the host has 1023 free of 1023"}
+    shaped = dict(SMALL, extra_specs={"quota:vif_inbound_average": "1000"})
+    assert where(shaped, [host("noshape", features=_features(shaping=False)), host("shape", memory_mb=8192)]) == \
+        "shape"  # a host that does not report features is not held to them
+    assert where(SMALL, [host("noshape", features=_features(shaping=False))]) == "noshape"
+    assert "HostFeaturesFilter" in DEFAULT_FILTERS
