@@ -60,6 +60,25 @@ def _silence_libvirt():
     libvirt.registerErrorHandler(lambda *args: None, None)
 
 
+def _addresses_by_mac(ifaces):
+    """libvirt's interfaceAddresses answer as {mac: ["ip/prefix", ...]}."""
+    found = {}
+    for info in ifaces.values():
+        mac = (info.get("hwaddr") or "").lower()
+        for addr in info.get("addrs") or []:
+            text = "%s/%s" % (addr["addr"], addr["prefix"])
+            found.setdefault(mac, [])
+            if text not in found[mac]:
+                found[mac].append(text)
+    return found
+
+
+def _link_local(address):
+    """Loopback and link-local addresses, which the agent reports and nobody outside the guest can use."""
+    ip = address.split("/")[0].lower()
+    return ip.startswith(("127.", "169.254.", "fe80:")) or ip == "::1"
+
+
 class LibvirtClient:
     """A connection to one libvirt daemon, opened on first use."""
 
@@ -223,25 +242,45 @@ class LibvirtClient:
         self._call("set autostart of %s" % dom.name(), dom.setAutostart, 1 if enabled else 0)
 
     def domain_addresses(self, dom):
-        """IP addresses per MAC: {mac: [ "ip/prefix", ...]} from DHCP leases, else the ARP table.
+        """IP addresses per MAC: {mac: [ "ip/prefix", ...]} from the guest agent, else DHCP leases, else ARP.
 
-        Leases answer for libvirt networks; the ARP table is the only source for guests on a plain bridge.
+        The guest agent, when it answers, says what the guest has configured now, on any kind of network; for the
+        NICs it does not report, leases answer for libvirt networks and the ARP table is the only source for
+        guests on a plain bridge.
         """
-        found = {}
+        found = self.agent_addresses(dom) or {}
+        from_agent = set(found)
         sources = (libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP)
         for source in sources:
             try:
                 ifaces = dom.interfaceAddresses(source, 0) or {}
             except libvirt.libvirtError:
                 continue
-            for info in ifaces.values():
-                mac = (info.get("hwaddr") or "").lower()
-                for addr in info.get("addrs") or []:
-                    text = "%s/%s" % (addr["addr"], addr["prefix"])
-                    found.setdefault(mac, [])
-                    if text not in found[mac]:
-                        found[mac].append(text)
+            for mac, addresses in _addresses_by_mac(ifaces).items():
+                if mac in from_agent:
+                    continue
+                found.setdefault(mac, [])
+                found[mac].extend(a for a in addresses if a not in found[mac])
         return found
+
+    def agent_addresses(self, dom):
+        """{mac: ["ip/prefix", ...]} as the QEMU guest agent reports them (loopback and link-local addresses left
+        out), or None when the agent does not answer: not installed, not started yet, or silent for libvirt's agent
+        timeout (5 s for its first handshake). A domain without the agent's channel is not asked."""
+        try:
+            ifaces = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0) or {}
+        except libvirt.libvirtError:
+            return None
+        found = dict((mac, [a for a in addresses if not _link_local(a)])
+                     for mac, addresses in _addresses_by_mac(ifaces).items())
+        return dict((mac, addresses) for mac, addresses in found.items()
+                    if addresses and mac and mac != "00:00:00:00:00:00")
+
+    def agent_shutdown(self, dom):
+        """Ask the guest, through its QEMU guest agent, to power off; LibvirtOperationError when the agent does not
+        answer. Nova's libvirt driver does the same before it presses the ACPI button."""
+        self._call("shut down %s through its guest agent" % dom.name(), dom.shutdownFlags,
+                   libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT)
 
     def resize_disk_live(self, dom, target, capacity_bytes):
         self._call(

@@ -937,19 +937,29 @@ def _size_text(size):
 
 
 def graceful_stop(client, dom, timeout):
-    """ACPI power button, wait up to ``timeout`` seconds, then pull the plug. Returns how it ended."""
+    """Ask the guest to power off, wait up to ``timeout`` seconds, then pull the plug. Returns how it ended:
+    ``guest-agent`` or ``acpi`` (the guest stopped when asked that way), ``forced`` or ``already-off``.
+
+    As Nova's libvirt driver does, the guest agent is asked first (a clean shutdown whatever the guest's ACPI
+    setup), and the ACPI power button pressed when the agent does not answer."""
     if client.domain_state(dom) not in ("running", "blocked", "pmsuspended", "paused"):
         return "already-off"
+    how = "guest-agent"
     try:
-        client.shutdown_domain(dom)
+        client.agent_shutdown(dom)
     except Exception:  # pylint: disable=broad-except
-        # Some guests (no ACPI yet, still booting) refuse the request outright: fall through to the hard stop.
-        pass
+        how = "acpi"  # no agent in the guest, or not started yet: the power button
+        try:
+            client.shutdown_domain(dom)
+        except Exception:  # pylint: disable=broad-except
+            # Some guests (no ACPI yet, still booting) refuse the request outright: fall through to the hard stop.
+            pass
+    asked = "guest agent" if how == "guest-agent" else "ACPI power button"
     deadline = Deadline(timeout)
     while not deadline.expired():
         if client.domain_state(dom) == "shutoff":
-            return "graceful"
-        progress("the guest to shut down (ACPI power button)", deadline,
+            return how
+        progress("the guest to shut down (%s)" % asked, deadline,
                  detail="a guest that ignores it is forced off at the limit (shutdown_timeout)")
         import time
 

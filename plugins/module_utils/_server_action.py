@@ -344,8 +344,8 @@ class ActionRunner:
                 client.start_domain(dom)
                 self.outputs["reboot"] = {"type": "soft", "shutdown": how}
 
-            plan.add("reboot %s: ACPI shutdown, power off after %d s if the guest has not stopped (Nova's fallback "
-                     "to a hard reboot), then start" % (name, timeout), soft)
+            plan.add("reboot %s: shutdown (guest agent, else ACPI), power off after %d s if the guest has not stopped "
+                     "(Nova's fallback to a hard reboot), then start" % (name, timeout), soft)
         else:
             if power == "suspended":
                 raise ConflictError("%s is suspended to disk; resume it (or discard its saved state with the server "

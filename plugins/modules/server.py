@@ -56,7 +56,8 @@ options:
         existing one alone.
       - V(absent) powers the server off and deletes it with the volumes created for it (root, config drive, swap,
         ephemeral). Attached data volumes stay unless O(delete_volumes=true).
-      - V(stopped) asks the guest to shut down (ACPI power button) and powers it off after O(shutdown_timeout).
+      - V(stopped) asks the guest to shut down (through its QEMU guest agent, or the ACPI power button where the agent
+        does not answer) and powers it off after O(shutdown_timeout).
       - V(suspended) saves the guest's memory to disk and stops it (libvirt's managed save); V(running) resumes
         it. A stopped server is started first, then saved.
       - V(shelved) shuts the server down and marks it shelved in its metadata, Nova's shelve. Its disks stay on the

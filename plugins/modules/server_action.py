@@ -21,7 +21,8 @@ description:
     waiting) reports no change.
   - What an action leaves open is kept in the server's domain metadata (C(vm_state) C(resized), C(rescued) or
     C(shelved)), so M(virtfleet.compute.server_info) shows it and the next action finds it on any controller.
-  - V(reboot) - O(reboot_type=soft) presses the ACPI power button, waits O(shutdown_timeout) seconds for the guest
+  - V(reboot) - O(reboot_type=soft) asks the guest to shut down through its QEMU guest agent (the ACPI power button
+    where the agent does not answer), waits O(shutdown_timeout) seconds for the guest
     to stop, powers it off if it has not (Nova's fallback to a hard reboot) and starts it.
     O(reboot_type=hard) powers it off and starts it; it also starts a stopped server.
   - V(resize) - changes the flavor (vCPUs, RAM, disks, extra specs) with a claim on the host, checked again under
@@ -449,7 +450,9 @@ evacuation:
   returned: when O(action=evacuate) rebuilt the server
   type: dict
 reboot:
-  description: How the reboot went. For a soft reboot, C(shutdown) is C(graceful) or C(forced).
+  description: How the reboot went. For a soft reboot, C(shutdown) is C(guest-agent) or C(acpi) (the guest
+    stopped when asked through its QEMU guest agent, or, where the agent did not answer, by the ACPI power button) or
+    C(forced) (powered off at O(shutdown_timeout)).
   returned: when O(action=reboot) ran
   type: dict
 waited:

@@ -46,6 +46,18 @@ def test_boot_cloud_image_ssh_resize_and_delete(client, pools, boot_image, defau
         swaps = ssh(ip, key_path, "cat /proc/swaps")
         assert "/dev/vd" in swaps, swaps
 
+        # The image runs qemu-guest-agent: the guest itself reports its address, and a soft reboot asks the agent
+        # to shut down rather than pressing the ACPI button.
+        from ansible_collections.virtfleet.compute.plugins.module_utils._server_action import run_action
+
+        mac = server["networks"][0]["mac"]
+        assert ssh(ip, key_path, "systemctl is-active qemu-guest-agent").strip() == "active"
+        reported = client.agent_addresses(client.lookup_domain(name))
+        assert reported and ip in [a.split("/")[0] for a in reported[mac]], reported
+        rebooted = run_action(client, dict(name=name, action="reboot", reboot_type="soft", shutdown_timeout=120))
+        assert rebooted["reboot"] == {"type": "soft", "shutdown": "guest-agent"}, rebooted
+        assert ssh(ip, key_path, "hostname", timeout=600).strip() == name
+
         # Grow: vCPUs and RAM need a restart, the disk grows too; the guest sees all three.
         resized = _converge(client, flavor=dict(flavor, vcpus=2, ram_mb=768, disk_gb=6), **common)
         assert resized["changed"]
@@ -82,8 +94,6 @@ def test_boot_cloud_image_ssh_resize_and_delete(client, pools, boot_image, defau
         assert any("action=rebuild" in w for w in rekeyed["warnings"]), rekeyed["warnings"]
         assert new_public_key.split()[1] not in ssh(ip, key_path, "cat ~/.ssh/authorized_keys")
         # A rebuild gives it a new root disk whose first boot applies the new key.
-        from ansible_collections.virtfleet.compute.plugins.module_utils._server_action import run_action
-
         rebuilt = run_action(client, dict(name=name, action="rebuild", wait=True, wait_timeout=300))
         assert rebuilt["server"]["config_drive_rewritten"] is False
         ip = rebuilt["server"]["ips"][0]

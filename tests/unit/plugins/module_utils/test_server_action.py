@@ -297,8 +297,8 @@ def test_soft_reboot_needs_a_running_server_and_a_hard_one_starts_a_stopped_one(
     assert rebooted["actions"][-1] == "start web1"
     assert power(client) == "running"
     soft = action(client, NAME, "reboot", idempotent=False, reboot_type="soft")
-    assert soft["actions"] == ["reboot web1: ACPI shutdown, power off after 1 s if the guest has not stopped "
-                               "(Nova's fallback to a hard reboot), then start"]
+    assert soft["actions"] == ["reboot web1: shutdown (guest agent, else ACPI), power off after 1 s if the guest has "
+                               "not stopped (Nova's fallback to a hard reboot), then start"]
     assert soft["reboot"]["type"] == "soft" and client.shutdowns >= 1
 
 

@@ -19,6 +19,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     ConflictError,
+    LibvirtOperationError,
     NotFoundError,
     ValidationError,
     VirtfleetError,
@@ -801,3 +802,26 @@ def test_a_server_waiting_for_confirmation_refuses_declared_changes(client, base
     # Nothing declared differs: nothing to refuse.
     assert not converge_server(client, params())["changed"]
     assert Domain(client.domain_xml(dom)).record.extra["vm_state"] == pending
+
+
+def test_graceful_stop_asks_the_guest_agent_first(client, base_image, monkeypatch):
+    make_server(client, "running")
+    asked = []
+
+    def agent_shutdown(dom):
+        asked.append("agent")
+        client.destroy_domain(dom)  # the guest's agent powers it off
+
+    monkeypatch.setattr(client, "agent_shutdown", agent_shutdown)
+    assert graceful_stop(client, client.lookup_domain("web1"), timeout=5) == "guest-agent"
+    assert asked == ["agent"] and client.shutdowns == 0
+    assert power_of(client) == "stopped"
+
+
+def test_graceful_stop_presses_the_button_when_the_agent_does_not_answer(client, base_image):
+    make_server(client, "running")
+    # The test driver's domains have no guest agent: libvirt refuses, and the ACPI button is pressed.
+    with pytest.raises(LibvirtOperationError):
+        client.agent_shutdown(client.lookup_domain("web1"))
+    assert graceful_stop(client, client.lookup_domain("web1"), timeout=5) == "acpi"
+    assert client.shutdowns == 1
