@@ -321,7 +321,31 @@ def server_view(actual, hypervisor=None):
     if hypervisor:
         view["hypervisor"] = hypervisor
     view.update(record.extra)
+    view["locked"] = lock_view(record.extra)
     return view
+
+
+# Nova's server lock: who locked the server, when and why, kept in its record's facts. A locked server refuses every
+# change from every module (server, servers, server_action) until server_action unlocks it.
+LOCK_FACTS = ("locked_at", "locked_by", "locked_reason")
+
+
+def lock_view(facts):
+    """{"at", "by", "reason"} of a locked server's facts (a record's extra facts or a server view), or None."""
+    if not (facts or {}).get("locked_at"):
+        return None
+    return {"at": facts.get("locked_at"), "by": facts.get("locked_by") or None,
+            "reason": facts.get("locked_reason") or None}
+
+
+def refuse_if_locked(name, facts, doing):
+    """Raise ConflictError when the server is locked: ``doing`` says what was refused."""
+    lock = lock_view(facts)
+    if lock is not None:
+        raise ConflictError(
+            "%s is locked (by %s at %s%s): %s is refused until it is unlocked (server_action action=unlock)"
+            % (name, lock["by"] or "an unknown user", lock["at"], "; reason: %s" % lock["reason"] if lock["reason"]
+               else "", doing), field="name")
 
 
 def _diff_view(view):
@@ -369,6 +393,9 @@ class ServerPlanner:
             self._plan_create(plan, req.for_new_server())
         else:
             self._plan_update(plan, actual, req.for_existing(actual.domain))
+        if actual is not None and plan.steps:
+            # Planned first, so a locked server that is as declared is simply unchanged.
+            refuse_if_locked(req.name, actual.record.extra, "this change (%s)" % "; ".join(plan.actions))
         return plan
 
     # -- delete -----------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ __metaclass__ = type
 
 import copy
 import datetime
+import getpass
 import io
 import json
 import os
@@ -91,6 +92,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._records import 
 from ansible_collections.virtfleet.compute.plugins.module_utils._server import (
     DEFAULT_IMAGE_POOL,
     DEFAULT_INSTANCE_POOL,
+    LOCK_FACTS,
     Definition,
     ServerPlanner,
     ServerRequest,
@@ -107,7 +109,9 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._server import (
     cpu_pinning,
     graceful_stop,
     lease_expiries,
+    lock_view,
     read_server,
+    refuse_if_locked,
     server_view,
     wait_until_ready,
 )
@@ -120,8 +124,10 @@ FRESH_ROOT_ACTIONS = ("rebuild", "evacuate")
 ACTIONS = (
     "reboot", "resize", "confirm_resize", "revert_resize", "rebuild", "migrate", "live_migrate", "evacuate",
     "cleanup_evacuated", "shelve", "shelve_offload", "unshelve", "rescue", "unrescue", "console", "suspend",
-    "resume", "pause", "unpause",
+    "resume", "pause", "unpause", "lock", "unlock",
 )
+# Actions a locked server still takes: the lock itself, and the console (it changes nothing the user declared).
+UNLOCKED_ACTIONS = ("lock", "unlock", "console")
 REBOOT_TYPES = ("soft", "hard")
 STORAGE_MODES = ("auto", "copy", "shared")
 CONSOLE_TYPES = ("vnc", "serial")
@@ -200,6 +206,12 @@ class ActionRequest:
         if self.console_type not in CONSOLE_TYPES:
             raise ValidationError("must be vnc or serial", field="console_type")
         self.console_ttl = _non_negative(params.get("console_ttl"), 300, "console_ttl")
+        self.lock_reason = params.get("lock_reason")
+        self.locked_by = params.get("locked_by")
+        for field in ("lock_reason", "locked_by"):
+            value = params.get(field)
+            if value is not None and (not isinstance(value, str) or len(value) > 255 or "\n" in value):
+                raise ValidationError("must be one line of at most 255 characters", field=field)
         if self.console_ttl < 1:
             raise ValidationError("must be at least 1 second", field="console_ttl")
         self.wait = params.get("wait", True)
@@ -286,6 +298,10 @@ class ActionRunner:
     def plan(self):
         plan = Plan()
         getattr(self, "_plan_" + self.req.action)(plan)
+        if self.req.action not in UNLOCKED_ACTIONS and getattr(plan, "actual", None) is None:
+            # An evacuation reads a dead host's server from its last view (_begin never saw a domain): the view
+            # carries the lock facts too.
+            refuse_if_locked(self.req.name, self.req.server or {}, "action %s" % self.req.action)
         return plan
 
     # -- reading --------------------------------------------------------------------------------------------------
@@ -305,6 +321,9 @@ class ActionRunner:
 
     def _begin(self, plan, actual, client=None):
         """Record the before view; the after view starts equal to it and each action changes what it changes."""
+        if self.req.action not in UNLOCKED_ACTIONS:
+            # Before anything else is checked, as Nova does: a locked server's first answer is that it is locked.
+            refuse_if_locked(self.req.name, actual.domain.record.extra, "action %s" % self.req.action)
         plan.actual = actual
         plan.before = state_view(actual, (client or self.client).uri)
         plan.after = dict(plan.before)
@@ -322,6 +341,36 @@ class ActionRunner:
 
     def _secure_xml(self, actual, client=None):
         return (client or self.client).domain_xml_secure(actual.dom, inactive=True)
+
+    # -- lock -----------------------------------------------------------------------------------------------------
+
+    def _plan_lock(self, plan):
+        actual = self._server()
+        self._begin(plan, actual)
+        record = actual.domain.record
+        if lock_view(record.extra) is not None:
+            return  # locked already: unlock first to lock again with another reason
+        reason = self.req.lock_reason
+        facts = dict(record.extra, locked_at=self.now, locked_by=self.req.locked_by or _controller_user())
+        if reason:
+            facts["locked_reason"] = reason
+        xml = _with_record(self._secure_xml(actual), _record_with(record, extra=facts))
+        plan.add("lock %s%s" % (self.req.name, " (%s)" % reason if reason else ""),
+                 lambda: self.client.define_domain(xml))
+        plan.after["locked"] = lock_view(facts)
+
+    def _plan_unlock(self, plan):
+        actual = self._server()
+        self._begin(plan, actual)
+        record = actual.domain.record
+        lock = lock_view(record.extra)
+        if lock is None:
+            return
+        facts = dict((k, v) for k, v in record.extra.items() if k not in LOCK_FACTS)
+        xml = _with_record(self._secure_xml(actual), _record_with(record, extra=facts))
+        plan.add("unlock %s (locked by %s at %s)" % (self.req.name, lock["by"] or "an unknown user", lock["at"]),
+                 lambda: self.client.define_domain(xml))
+        plan.after["locked"] = None
 
     # -- reboot ---------------------------------------------------------------------------------------------------
 
@@ -1620,7 +1669,8 @@ class ActionRunner:
         client = self.final_client
         actual = read_server(client, req.name)
         if (req.wait and plan.changed and actual is not None and actual.power == "running"
-                and req.action not in ("live_migrate", "console", "cleanup_evacuated", "pause", "unpause")):
+                and req.action not in ("live_migrate", "console", "cleanup_evacuated", "pause", "unpause", "lock",
+                                       "unlock")):
             result["waited"] = wait_until_ready(client, req.name, actual.domain.managed_nics(), req.wait_timeout,
                                                 leases_before)
             actual = read_server(client, req.name)
@@ -1694,7 +1744,16 @@ def state_view(actual, host):
         "flavor": flavor_brief(_current_flavor(actual.domain)),
         "image": "%s/%s" % (image.get("pool"), image.get("name")) if image else None,
         "vm_state": vm_state_of(actual),
+        "locked": lock_view(record.extra),
     }
+
+
+def _controller_user():
+    """Who runs this module, for a lock without ``locked_by``."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name for the uid (containers)
+        return "uid %d" % os.getuid()
 
 
 def offloaded_view(document):

@@ -390,6 +390,11 @@ server:
           then; rebuild the server (M(virtfleet.compute.server_action) C(action=rebuild)) to apply the new data.
           False for servers whose record predates this field.
       type: bool
+    locked:
+      description:
+        - The server's lock (M(virtfleet.compute.server_action) C(action=lock)) - C(at), C(by) and C(reason) - or null.
+          A locked server refuses every change until it is unlocked; one that is as declared is unchanged.
+      type: dict
 actions:
   description: The steps taken (or, in check mode, that would be taken), in order.
   returned: always

@@ -69,6 +69,12 @@ description:
     changes nothing.
   - V(suspend) saves the memory to disk and stops the server (libvirt's managed save). V(resume) restores it.
     V(pause) and V(unpause) freeze and thaw the vCPUs.
+  - V(lock) - Nova's server lock - records who locked the server (O(locked_by)), when and why (O(lock_reason)) in its
+    metadata. A locked server refuses every change from every module (M(virtfleet.compute.server) and
+    M(virtfleet.compute.servers) refuse a change or a delete, this module every action but V(unlock) and
+    V(console)), naming who locked it; a server that is as declared is simply unchanged.
+    M(virtfleet.compute.server_info) shows the lock (C(locked)). V(unlock) removes it. Locking a locked server
+    changes nothing; unlock it first to give another reason.
 author:
   - virtfleet.compute developers (@virtfleet)
 extends_documentation_fragment:
@@ -87,8 +93,8 @@ attributes:
     details: >-
       Actions that reach a state report no change when the server is already there (pause, unpause, suspend, resume,
       resize, confirm_resize, revert_resize, rescue, unrescue, shelve, shelve_offload, unshelve, evacuate,
-      cleanup_evacuated). V(reboot), V(rebuild), V(migrate), V(live_migrate) and V(console) do something every time,
-      as in Nova.
+      cleanup_evacuated, lock, unlock). V(reboot), V(rebuild), V(migrate), V(live_migrate) and V(console) do
+      something every time, as in Nova.
 options:
   action:
     description: The action to run.
@@ -96,7 +102,7 @@ options:
     required: true
     choices: [reboot, resize, confirm_resize, revert_resize, rebuild, migrate, live_migrate, evacuate,
               cleanup_evacuated, shelve, shelve_offload, unshelve, rescue, unrescue, console, suspend, resume, pause,
-              unpause]
+              unpause, lock, unlock]
   bandwidth:
     description: Maximum bandwidth of a live migration, in MiB/s. No limit when omitted.
     type: int
@@ -164,6 +170,16 @@ options:
       - The pool whose space the scheduler counts for the candidates.
     type: str
     default: virtfleet-instances
+  lock_reason:
+    description: Why the server is locked (O(action=lock)), shown by M(virtfleet.compute.server_info) and in every
+      refusal. One line, at most 255 characters.
+    type: str
+  locked_by:
+    description:
+      - Who locks the server (O(action=lock)). By default, the user the module runs as. C(playbooks/server_action.yml)
+        passes AWX's C(awx_user_name) when the job has one.
+      - One line, at most 255 characters.
+    type: str
   migration_timeout:
     description: Seconds a live migration may take before it is aborted (the server keeps running on its source).
     type: int
@@ -244,6 +260,17 @@ seealso:
 """
 
 EXAMPLES = r"""
+- name: Lock a server during an investigation (every change is refused until it is unlocked)
+  virtfleet.compute.server_action:
+    name: web-1
+    action: lock
+    lock_reason: disk errors under investigation, ticket OPS-1234
+
+- name: Unlock it
+  virtfleet.compute.server_action:
+    name: web-1
+    action: unlock
+
 - name: Restart a server gracefully (a hard power cycle after 60 s)
   virtfleet.compute.server_action:
     name: web-1
@@ -483,6 +510,8 @@ def main():
         image=dict(type="str"),
         image_pool=dict(type="str"),
         instance_pool=dict(type="str", default="virtfleet-instances"),
+        lock_reason=dict(type="str"),
+        locked_by=dict(type="str"),
         migration_timeout=dict(type="int", default=600),
         migration_uri=dict(type="str"),
         name=dict(type="str", required=True),

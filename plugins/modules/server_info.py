@@ -73,6 +73,7 @@ servers:
       server's flavor was given inline.
     - C(config_drive_rewritten) is true when the server's cloud-init data changed after its root disk was built (a
       booted guest keeps the SSH keys and user data it first read; rebuild it to apply the new ones).
+    - C(locked) is the server's lock (who locked it, when and why), or null; see M(virtfleet.compute.server_action).
   returned: always
   type: list
   elements: dict
@@ -87,6 +88,7 @@ servers:
       tags: [production]
       flavor_drift: []
       config_drive_rewritten: false
+      locked: {at: "2026-12-07T16:40:00Z", by: alice, reason: disk errors under investigation}
       attachments:
         - {name: web-data, pool: virtfleet-volumes, device: vde, bus: virtio, read_only: false,
            serial: 0b0b5d0e-1f52-4bd4-9}

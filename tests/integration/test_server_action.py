@@ -44,6 +44,7 @@ def _delete(client, name):
     from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
 
     if client.lookup_domain(name) is not None:
+        _action.run_action(client, dict(name=name, action="unlock", wait=False))  # a test failed while locked
         _server.converge_server(client, dict(name=name, state="absent"))
     # A server left shelved-offloaded by a failed test: its saved disks and record.
     store = RecordStore(client)
@@ -405,3 +406,34 @@ def test_shelve_unshelve_and_offload(client, server):
     from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
 
     assert RecordStore(client).read("shelved-" + name) is None
+
+
+def test_lock_refuses_every_change_until_unlock(client, server, halt_image):
+    """Nova's lock on a real libvirtd: four steps for lock and unlock, the server and server_action modules refuse
+    a locked server's changes and change nothing, and the lock survives in the domain's metadata."""
+    from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ConflictError
+
+    name = server
+    _server, _action = _modules()
+    locked = act(client, name, "lock", lock_reason="kernel panic under investigation", locked_by="ops-bot")
+    assert locked["actions"] == ["lock %s (kernel panic under investigation)" % name]
+    shown = _server.list_servers(client, [name])[0]["locked"]
+    assert shown["by"] == "ops-bot" and shown["reason"] == "kernel panic under investigation"
+
+    before = host_state(client, name)
+    with pytest.raises(ConflictError) as stop:
+        _server.converge_server(client, dict(name=name, state="stopped", shutdown_timeout=SHUTDOWN))
+    assert "is locked (by ops-bot" in str(stop.value)
+    with pytest.raises(ConflictError):
+        _server.converge_server(client, dict(name=name, state="absent"))
+    for action in ("reboot", "pause", "migrate"):
+        with pytest.raises(ConflictError) as refused:
+            _action.run_action(client, dict(name=name, action=action, shutdown_timeout=SHUTDOWN,
+                                            target_uri=client.uri))
+        assert "is locked" in str(refused.value), (action, str(refused.value))
+    assert host_state(client, name) == before
+    assert client.domain_state(client.lookup_domain(name)) == "running"
+
+    unlocked = act(client, name, "unlock")
+    assert unlocked["diff"]["after"]["locked"] is None
+    assert act(client, name, "pause")["server"]["state"] == "paused"

@@ -9,7 +9,8 @@ SHAPING = {"supported": True, "reason": "ok"}
 NO_SHAPING = {"supported": False, "reason": "the kernel lacks the sfq queueing discipline"}
 
 
-def host(free_2m=0, total_2m=0, shaping=SHAPING, sizes=(2048, 1048576)):
+def host(free_2m=0, total_2m=0, shaping=None, sizes=(2048, 1048576)):
+    shaping = SHAPING if shaping is None else shaping
     pages = [{"size_kb": s, "total": total_2m if s == 2048 else 0, "free": free_2m if s == 2048 else 0}
              for s in sizes]
     return {"huge_pages": pages, "bandwidth_shaping": shaping}
