@@ -239,43 +239,47 @@ class ImagePlanner:
         digest = hashlib.sha256()
         os.lseek(fd, 0, os.SEEK_SET)
 
-        def read(size):
-            chunk = os.read(fd, size)
-            digest.update(chunk)
-            return chunk
-
-        try:
-            self.client.upload_stream(vol, report.actual_size, read)
-        except LibvirtOperationError as exc:
-            if "source ended" not in exc.message:
-                raise
-            digest.update(b"\0")  # a shorter file is a changed file
-        if digest.hexdigest() != report.sha256:
-            raise UnsafeImageError(
+        def changed():
+            return UnsafeImageError(
                 "the image file changed while it was uploaded (its sha256 is no longer the inspected %s): something "
                 "rewrote it after the inspection. The uploaded volume is deleted and nothing is recorded"
                 % report.sha256, field=self._field())
+
+        def read(size):
+            chunk = os.read(fd, size)
+            if not chunk:
+                raise changed()  # shorter than when it was inspected
+            digest.update(chunk)
+            return chunk
+
+        self.client.upload_stream(vol, report.actual_size, read)
+        if digest.hexdigest() != report.sha256:
+            raise changed()
 
     def _verify_stored(self, pool, path):
         """Check what the pool now holds, through libvirt, as QEMU will see it."""
         req = self.request
         client = self.client
         report = self.report
+        # libvirt refreshes the pool after an upload and probes every file; a file it cannot parse makes the refresh
+        # fail and the pool list no volume at all. Learn it now, not at the next server build. A refresh refused for
+        # another reason (another volume being built) is harmless as long as our volume is still listed.
+        reason = "volume %s is not listed after the refresh" % req.name
         try:
-            # libvirt refreshes the pool after an upload and probes every file; a file it cannot parse makes the
-            # refresh fail and the pool list no volume at all. Learn it now, not at the next server build.
             client.refresh_pool_or_fail(pool)
-            stored = client.lookup_volume(pool, req.name)
         except LibvirtOperationError as exc:
-            stored, reason = None, exc.message
-        else:
-            reason = "volume %s is not listed after the refresh" % req.name
+            reason = exc.message
+        try:
+            stored = client.lookup_volume(pool, req.name)
+        except LibvirtOperationError:
+            stored = None  # the failed refresh stopped the pool
         if stored is None:
             raise LibvirtOperationError(
                 "storage pool %s failed to refresh after the upload of %s (%s): libvirt cannot read the uploaded "
                 "file, and the pool lists none of its volumes while that file is there. Nothing was recorded. "
-                "libvirt can no longer delete it: remove %s on the host, then start the pool again (virsh "
-                "pool-start %s)" % (req.pool, req.name, reason, path, req.pool), field=self._field())
+                "libvirt can no longer delete it: remove %s on the host, then start or refresh the pool again "
+                "(virsh pool-start %s, or virsh pool-refresh %s)" % (req.pool, req.name, reason, path, req.pool,
+                                                                     req.pool), field=self._field())
         inspector = Inspector(declared_format=report.format, field=self._field())
         client.download_stream(stored, inspector.feed, report.actual_size)
         try:

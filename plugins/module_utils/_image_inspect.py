@@ -288,8 +288,9 @@ class Inspector:
                 raise UnsafeImageError(
                     "the content reads as %s but carries the signature of a %s image at byte %d (it is %d bytes: a "
                     "truncated or malformed %s image, or a format this inspection cannot check). libvirt and QEMU "
-                    "probe that signature, and a storage pool holding such a file fails to refresh, hiding all its "
-                    "volumes. Refused; rebuild the image: qemu-img convert -O qcow2 SOURCE DEST.qcow2"
+                    "probe that signature: taken as raw it disguises one format as another, and a file libvirt "
+                    "cannot parse makes its storage pool fail to refresh, hiding all the pool's volumes. Refused; "
+                    "rebuild the image: qemu-img convert -O qcow2 SOURCE DEST.qcow2"
                     % (_describe(detected), name, offset, self._size, name),
                     field=self._field, found=name, checks=["signature"],
                 )

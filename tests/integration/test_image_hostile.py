@@ -169,8 +169,9 @@ def test_stored_volume_that_no_longer_passes_is_deleted(client, hostile_pool, tm
     original = type(client).upload_stream
 
     def upload_stream(self, vol, size, read):
-        while read(1024 * 1024):
-            pass
+        remaining = size
+        while remaining:
+            remaining -= len(read(min(remaining, 1024 * 1024)))
         chunks = [evil[:size].ljust(size, b"\0")]
         return original(self, vol, size, lambda n: chunks.pop() if chunks else b"")
 
