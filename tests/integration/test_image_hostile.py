@@ -240,8 +240,8 @@ def test_truncated_header_of_another_format_is_refused(client, hostile_pool, tmp
     assert _listed(client, hostile_pool) == [CANARY]
 
 
-def test_pool_that_fails_to_refresh_after_upload_is_reported_and_nothing_recorded(client, hostile_pool, tmp_path,
-                                                                                   monkeypatch):
+def test_pool_that_fails_to_refresh_after_upload_is_reported_and_nothing_recorded(
+        client, hostile_pool, tmp_path, monkeypatch):
     """Content that the inspection lets through but libvirt cannot read (simulated by switching off the check for
     other formats' signatures) makes the pool's refresh fail: the import is refused, says so, and records nothing."""
     from ansible_collections.virtfleet.compute.plugins.module_utils import _image_inspect
