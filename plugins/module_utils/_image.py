@@ -14,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import datetime
+import hashlib
 import os
 import re
 import shutil
@@ -23,11 +24,17 @@ import xml.etree.ElementTree as ET
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import Domain
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     ConflictError,
-    NotFoundError,
+    LibvirtOperationError,
+    UnsafeImageError,
     ValidationError,
     VirtfleetError,
 )
-from ansible_collections.virtfleet.compute.plugins.module_utils._image_inspect import Inspector, inspect_file
+from ansible_collections.virtfleet.compute.plugins.module_utils._image_inspect import (
+    Inspector,
+    check_image_path,
+    inspect_fd,
+    open_image_file,
+)
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
 
@@ -76,8 +83,8 @@ class ImageRequest:
             if self.url and self.checksum is None:
                 raise ValidationError("is required with url: an image from the network is only trusted when its "
                                       "checksum is known in advance", field="checksum")
-            if self.src and not os.path.isfile(self.src):
-                raise NotFoundError("no such file where the module runs: %s" % self.src, field="src")
+            if self.src:
+                check_image_path(self.src, field="src")
 
 
 def _record_key(pool, name):
@@ -108,8 +115,13 @@ class ImagePlanner:
         self.records = RecordStore(client)
         self.report = None
         self._tmpdir = None
+        # The one open descriptor of the image: inspected, hashed and uploaded from, never reopened by path.
+        self._fd = None
 
     def cleanup(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
@@ -136,38 +148,58 @@ class ImagePlanner:
                     raise ConflictError("image %s is the base of server(s) %s; delete or rebuild them first"
                                         % (req.name, ", ".join(users)), field="name")
                 plan.add("delete image %s/%s" % (req.pool, req.name), lambda: client.delete_volume(vol))
+            if record is not None:
+                # Also when the volume is already gone (deleted outside the module): a record without its volume
+                # would make the next import believe the image is there.
                 plan.add("forget image %s/%s in the image records" % (req.pool, req.name),
                          lambda: self._write_record(None))
             plan.after = {}
             return plan
 
+        # The record is never trusted over the pool: an image is unchanged only while its volume is there and still
+        # looks like what was recorded (format and size); otherwise it is imported again.
+        intact = record is not None and vol is not None and self._matches_record(vol, record)
+        if vol is not None and not intact:
+            plan.warnings.append("volume %s/%s no longer matches its image record (format or size changed outside "
+                                 "virtfleet.compute): it is imported again" % (req.pool, req.name))
         # Recognise an unchanged image by its checksum, without reading it, whenever a checksum is declared.
-        if record is not None and req.checksum is not None:
-            if record.get(req.checksum[0]) == req.checksum[1]:
-                plan.after = plan.before
-                return plan
+        if intact and req.checksum is not None and record.get(req.checksum[0]) == req.checksum[1]:
+            plan.after = plan.before
+            return plan
         if req.url and check_mode:
             plan.warnings.append("check mode does not download %s: it cannot tell whether the image is safe; the real "
                                  "run inspects it before importing" % req.url)
             plan.add("download %s, verify its %s and inspect it" % (req.url, req.checksum[0]), lambda: None)
-            self._plan_import(plan, pool, vol, None)
+            self._plan_import(plan, pool, vol)
             return plan
 
-        path = self._fetch() if req.url else req.src
-        report = self.report or inspect_file(path, declared_format=req.disk_format, field="src" if req.src else "url",
-                                             hash_algorithms=(req.checksum[0],) if req.checksum else ("sha256",))
+        report = self.report
+        if report is None:
+            if req.url:
+                report = self._fetch()
+            else:
+                self._fd = open_image_file(req.src, field="src")
+                report = inspect_fd(self._fd, declared_format=req.disk_format, field="src",
+                                    hash_algorithms=(req.checksum[0],) if req.checksum else ("sha256",),
+                                    name=req.src)
         self.report = report
         if req.checksum is not None and report.digests[req.checksum[0]] != req.checksum[1]:
             raise ValidationError("the image's %s is %s, not the declared %s; nothing was imported"
                                   % (req.checksum[0], report.digests[req.checksum[0]], req.checksum[1]),
                                   field="checksum")
-        if record is not None and record.get("sha256") == report.sha256:
+        if intact and record.get("sha256") == report.sha256:
             plan.after = plan.before
             return plan
-        self._plan_import(plan, pool, vol, path)
+        self._plan_import(plan, pool, vol)
         return plan
 
-    def _plan_import(self, plan, pool, vol, path):
+    def _matches_record(self, vol, record):
+        fmt = ET.fromstring(self.client.volume_xml(vol)).find("target/format")
+        if fmt is None or fmt.get("type") != record.get("format"):
+            return False
+        return self.client.volume_info(vol)["capacity"] == record.get("virtual_size")
+
+    def _plan_import(self, plan, pool, vol):
         req = self.request
         client = self.client
         report = self.report
@@ -182,7 +214,9 @@ class ImagePlanner:
         holder = {}
 
         def create():
-            holder["vol"] = client.create_volume(pool, _volume_xml(req.name, os.path.getsize(path), fmt))
+            holder["vol"] = client.create_volume(pool, _volume_xml(req.name, report.actual_size, fmt))
+            # Known now: once a failed refresh has hidden the volume, libvirt cannot tell its path any more.
+            holder["path"] = client.volume_path(holder["vol"])
 
         def delete_created():
             created = holder.get("vol") or client.lookup_volume(pool, req.name)
@@ -191,9 +225,75 @@ class ImagePlanner:
 
         plan.add("create volume %s/%s (%s)" % (req.pool, req.name, fmt), create, undo=delete_created)
         plan.add("upload %s to %s/%s" % (req.src or req.url, req.pool, req.name),
-                 lambda: client.upload_file(holder["vol"], path))
+                 lambda: self._upload(holder["vol"]))
+        plan.add("read back %s/%s and inspect it again" % (req.pool, req.name),
+                 lambda: self._verify_stored(pool, holder["path"]))
         plan.add("record image %s/%s" % (req.pool, req.name), lambda: self._write_record(self._new_record()))
         plan.after = _view(self._new_record()) if report else {"name": req.name, "pool": req.pool}
+
+    def _upload(self, vol):
+        """Upload the inspected bytes from the descriptor they were inspected from, hashing them again on the way:
+        a rename over the path changes nothing, and a rewrite of the same file in place is caught."""
+        report = self.report
+        fd = self._fd
+        digest = hashlib.sha256()
+        os.lseek(fd, 0, os.SEEK_SET)
+
+        def changed():
+            return UnsafeImageError(
+                "the image file changed while it was uploaded (its sha256 is no longer the inspected %s): something "
+                "rewrote it after the inspection. The uploaded volume is deleted and nothing is recorded"
+                % report.sha256, field=self._field())
+
+        def read(size):
+            chunk = os.read(fd, size)
+            if not chunk:
+                raise changed()  # shorter than when it was inspected
+            digest.update(chunk)
+            return chunk
+
+        self.client.upload_stream(vol, report.actual_size, read)
+        if digest.hexdigest() != report.sha256:
+            raise changed()
+
+    def _verify_stored(self, pool, path):
+        """Check what the pool now holds, through libvirt, as QEMU will see it."""
+        req = self.request
+        client = self.client
+        report = self.report
+        # libvirt refreshes the pool after an upload and probes every file; a file it cannot parse makes the refresh
+        # fail and the pool list no volume at all. Learn it now, not at the next server build. A refresh refused for
+        # another reason (another volume being built) is harmless as long as our volume is still listed.
+        reason = "volume %s is not listed after the refresh" % req.name
+        try:
+            client.refresh_pool_or_fail(pool)
+        except LibvirtOperationError as exc:
+            reason = exc.message
+        try:
+            stored = client.lookup_volume(pool, req.name)
+        except LibvirtOperationError:
+            stored = None  # the failed refresh stopped the pool
+        if stored is None:
+            raise LibvirtOperationError(
+                "storage pool %s failed to refresh after the upload of %s (%s): libvirt cannot read the uploaded "
+                "file, and the pool lists none of its volumes while that file is there. Nothing was recorded. "
+                "libvirt can no longer delete it: remove %s on the host, then start or refresh the pool again "
+                "(virsh pool-start %s, or virsh pool-refresh %s)" % (req.pool, req.name, reason, path, req.pool,
+                                                                     req.pool), field=self._field())
+        inspector = Inspector(declared_format=report.format, field=self._field())
+        client.download_stream(stored, inspector.feed, report.actual_size)
+        try:
+            again = inspector.finish()
+        except VirtfleetError as exc:
+            raise UnsafeImageError("the volume as read back from %s no longer passes the inspection (%s); it is "
+                                   "deleted and nothing is recorded" % (req.pool, exc.message), field=self._field())
+        if again.sha256 != report.sha256:
+            raise UnsafeImageError("the volume as read back from %s is not the inspected content (sha256 %s, "
+                                   "inspected %s); it is deleted and nothing is recorded"
+                                   % (req.pool, again.sha256, report.sha256), field=self._field())
+
+    def _field(self):
+        return "src" if self.request.src else "url"
 
     def _new_record(self):
         req = self.request
@@ -230,21 +330,23 @@ class ImagePlanner:
         self._tmpdir = tempfile.mkdtemp(prefix="virtfleet-image-")
         path = os.path.join(self._tmpdir, "image")
         inspector = Inspector(declared_format=req.disk_format, field="url", hash_algorithms=(req.checksum[0],))
+        # Written, inspected and later uploaded through this one descriptor, like a local file.
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
             response = open_url(req.url, validate_certs=req.validate_certs, timeout=req.timeout)
-            with open(path, "wb") as out:
-                while True:
-                    chunk = response.read(_DOWNLOAD_CHUNK)
-                    if not chunk:
-                        break
-                    inspector.feed(chunk)
-                    out.write(chunk)
+            while True:
+                chunk = response.read(_DOWNLOAD_CHUNK)
+                if not chunk:
+                    break
+                inspector.feed(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self._fd, view):]
         except VirtfleetError:
             raise
         except Exception as exc:  # pylint: disable=broad-except
             raise VirtfleetError("cannot download %s: %s" % (req.url, exc), field="url")
-        self.report = inspector.finish()
-        return path
+        return inspector.finish()
 
 
 def _view(record):

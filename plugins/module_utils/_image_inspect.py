@@ -18,8 +18,11 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
+import errno
 import hashlib
 import logging
+import os
+import stat
 import struct
 import traceback
 
@@ -57,6 +60,30 @@ READ_SIZE = INSPECT_CHUNK
 _PARTITION_TABLE = "gpt"
 
 _QCOW2_CRYPT_METHOD = slice(32, 36)
+
+# Signatures of other formats, by offset, as libvirt's storage prober (storage_file_probe.c) and QEMU's format
+# probes look for them. format_inspector only names a format once its whole header is there, so a file that holds
+# just the first bytes of a qcow2 (48 bytes, say) reads as raw; libvirt's pool refresh still sees the signature,
+# fails to parse the rest, and the failed refresh hides every volume of the pool until the file is removed by hand.
+# Content whose detected format is raw must therefore carry none of these signatures.
+FOREIGN_SIGNATURES = (
+    (0, b"QFI\xfb", "qcow or qcow2"),
+    (0, b"QED\x00", "qed"),
+    (0, b"KDMV", "vmdk (sparse extent)"),
+    (0, b"# Disk DescriptorFile", "vmdk (text descriptor)"),
+    (0, b"COWD", "vmdk (ESX sparse extent)"),
+    (0, b"vhdxfile", "vhdx"),
+    (0, b"conectix", "vhd (vpc)"),
+    (64, b"\x7f\x10\xda\xbe", "vdi"),
+    (0, b"LUKS\xba\xbe", "luks"),
+    (0, b"WithoutFreeSpace", "parallels"),
+    (0, b"WithouFreSpacExt", "parallels (ploop)"),
+    (0, b"OOOM", "cow (user-mode Linux)"),
+    (0, b"Bochs Virtual HD Image", "bochs"),
+    (0, b"#!/bin/sh\n#V2.0 Format", "cloop"),
+    (32769, b"CD001", "iso9660"),
+)
+_SIGNATURE_SPAN = max(offset + len(magic) for offset, magic, _name in FOREIGN_SIGNATURES)
 
 # The inspector lower-cases the VMDK descriptor; give users back the spelling their tools print.
 _VMDK_SUBFORMATS = {name.lower(): name for name in (
@@ -114,6 +141,7 @@ class Inspector:
         self._source = _ChunkSource()
         self._wrapper = format_inspector.InspectWrapper(self._source)
         self._pending = bytearray()
+        self._head = bytearray()
         self._size = 0
         self._finished = False
 
@@ -130,6 +158,8 @@ class Inspector:
             return
         for digest in self._hashes.values():
             digest.update(chunk)
+        if len(self._head) < _SIGNATURE_SPAN:
+            self._head += chunk[:_SIGNATURE_SPAN - len(self._head)]
         self._size += len(chunk)
         view = memoryview(chunk)
         if self._pending:
@@ -169,6 +199,8 @@ class Inspector:
 
         fmt = "raw" if detected == _PARTITION_TABLE else detected
         declared = self._declared
+        if fmt == "raw":
+            self._foreign_signature_check(detected)
         if fmt not in self._allowed:
             what = "the content is %s" % _describe(detected)
             if declared is not None and declared != fmt:
@@ -249,6 +281,20 @@ class Inspector:
                     field=self._field, found=detected, checks=["encryption"],
                 )
 
+    def _foreign_signature_check(self, detected):
+        head = bytes(self._head)
+        for offset, magic, name in FOREIGN_SIGNATURES:
+            if head[offset:offset + len(magic)] == magic:
+                raise UnsafeImageError(
+                    "the content reads as %s but carries the signature of a %s image at byte %d (it is %d bytes: a "
+                    "truncated or malformed %s image, or a format this inspection cannot check). libvirt and QEMU "
+                    "probe that signature: taken as raw it disguises one format as another, and a file libvirt "
+                    "cannot parse makes its storage pool fail to refresh, hiding all the pool's volumes. Refused; "
+                    "rebuild the image: qemu-img convert -O qcow2 SOURCE DEST.qcow2"
+                    % (_describe(detected), name, offset, self._size, name),
+                    field=self._field, found=name, checks=["signature"],
+                )
+
     def _check_allowed(self, allowed_formats):
         if isinstance(allowed_formats, str):
             allowed_formats = [allowed_formats]
@@ -290,26 +336,105 @@ class Inspector:
 
 def inspect_file(path, declared_format=None, allowed_formats=DEFAULT_ALLOWED_FORMATS, field="image",
                  format_field="disk_format", hash_algorithms=("sha256",)):
-    """Read the file at ``path`` once (hashes and inspection in the same pass) and return an ImageReport.
+    """Open the file at ``path`` (see open_image_file), read it once (hashes and inspection in the same pass) and
+    return an ImageReport.
 
     :raises UnsafeImageError: what was found and what to do about it.
-    :raises ValidationError: bad arguments, or an empty file.
+    :raises ValidationError: bad arguments, an empty file, or a path that is not a regular file.
     :raises NotFoundError: no such file.
+    """
+    fd = open_image_file(path, field=field)
+    try:
+        return inspect_fd(fd, declared_format=declared_format, allowed_formats=allowed_formats, field=field,
+                          format_field=format_field, hash_algorithms=hash_algorithms, name=path)
+    finally:
+        os.close(fd)
+
+
+def inspect_fd(fd, declared_format=None, allowed_formats=DEFAULT_ALLOWED_FORMATS, field="image",
+               format_field="disk_format", hash_algorithms=("sha256",), name="the image file"):
+    """Read an open file from its start to its end (hashes and inspection in the same pass); return an ImageReport.
+
+    Whoever uploads the image afterwards must upload from this same descriptor, and only ``actual_size`` bytes of
+    it: the bytes inspected are then the bytes imported, whatever happens to the path meanwhile.
     """
     inspector = Inspector(declared_format=declared_format, allowed_formats=allowed_formats, field=field,
                           format_field=format_field, hash_algorithms=hash_algorithms)
     try:
-        with open(path, "rb") as handle:
-            while True:
-                chunk = handle.read(READ_SIZE)
-                if not chunk:
-                    break
-                inspector.feed(chunk)
+        os.lseek(fd, 0, os.SEEK_SET)
+        while True:
+            chunk = os.read(fd, READ_SIZE)
+            if not chunk:
+                break
+            inspector.feed(chunk)
+    except OSError as exc:
+        raise VirtfleetError("cannot read the image file %s: %s" % (name, exc), field=field)
+    return inspector.finish()
+
+
+def _file_kind(mode):
+    for test, kind in ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "directory"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "special file"
+
+
+def check_image_path(path, field="image"):
+    """Refuse, by what it is, a path that is not a regular file, before anything is opened.
+
+    A symbolic link is refused rather than followed: whoever can place a link where the image is expected would
+    choose which host file gets imported (and then read by every guest built on it). Devices, FIFOs, sockets and
+    directories are no image files; a FIFO or a device could also block the module forever.
+    """
+    try:
+        st = os.lstat(path)
     except FileNotFoundError:
-        raise NotFoundError("no image file at %s" % path, field=field)
+        raise NotFoundError("no such file where the module runs: %s" % path, field=field)
     except OSError as exc:
         raise VirtfleetError("cannot read the image file %s: %s" % (path, exc), field=field)
-    return inspector.finish()
+    _refuse_kind(path, st.st_mode, field)
+
+
+def _refuse_kind(path, mode, field):
+    kind = _file_kind(mode)
+    if kind == "symbolic link":
+        try:
+            target = " (to %s)" % os.readlink(path)
+        except OSError:
+            target = ""
+        raise ValidationError(
+            "%s is a symbolic link%s; links are not followed, so that nobody can redirect the import to another "
+            "host file. Give the path of the image file itself" % (path, target), field=field)
+    if kind is not None:
+        raise ValidationError("%s is a %s, not a regular file; an image must be a regular file" % (path, kind),
+                              field=field)
+
+
+def open_image_file(path, field="image"):
+    """Open an image file for reading, once, and return the descriptor (the caller closes it).
+
+    The last component is opened with O_NOFOLLOW and the open descriptor must be a regular file, so a link or a
+    FIFO swapped in after check_image_path is refused too. O_NONBLOCK keeps a FIFO from blocking the open; it
+    changes nothing for a regular file.
+    """
+    check_image_path(path, field=field)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise NotFoundError("no such file where the module runs: %s" % path, field=field)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            _refuse_kind(path, stat.S_IFLNK, field)
+        raise VirtfleetError("cannot open the image file %s: %s" % (path, exc), field=field)
+    try:
+        _refuse_kind(path, os.fstat(fd).st_mode, field)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class _ChunkSource:

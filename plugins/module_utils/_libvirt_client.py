@@ -407,25 +407,33 @@ class LibvirtClient:
         """Stream a local file into the volume. ``progress(bytes_sent)`` is called after every chunk."""
         import os
 
-        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            self.upload_stream(vol, os.fstat(handle.fileno()).st_size, handle.read, progress=progress)
+
+    def upload_stream(self, vol, size, read, progress=None):
+        """Stream exactly ``size`` bytes into the volume, taken from ``read(n)`` (which returns at most n bytes).
+
+        The caller owns the source (an open file it already inspected, say): nothing is opened here by path.
+        ``progress(bytes_sent)`` is called after every chunk.
+        """
         stream = self.conn.newStream(0)
         try:
             self._call("upload to volume %s" % vol.name(), vol.upload, stream, 0, size, 0)
             sent_total = 0
-            with open(path, "rb") as handle:
-                while True:
-                    chunk = handle.read(_STREAM_CHUNK)
-                    if not chunk:
-                        break
-                    view = memoryview(chunk)
-                    while view:
-                        sent = stream.send(bytes(view))
-                        if sent < 0:
-                            raise LibvirtOperationError("upload to volume %s was interrupted" % vol.name())
-                        view = view[sent:]
-                    sent_total += len(chunk)
-                    if progress:
-                        progress(sent_total)
+            while sent_total < size:
+                chunk = read(min(_STREAM_CHUNK, size - sent_total))
+                if not chunk:
+                    raise LibvirtOperationError("upload to volume %s: the source ended after %d of %d bytes"
+                                                % (vol.name(), sent_total, size))
+                view = memoryview(chunk)
+                while view:
+                    sent = stream.send(bytes(view))
+                    if sent < 0:
+                        raise LibvirtOperationError("upload to volume %s was interrupted" % vol.name())
+                    view = view[sent:]
+                sent_total += len(chunk)
+                if progress:
+                    progress(sent_total)
             stream.finish()
         except BaseException:
             _abort(stream)
@@ -433,8 +441,14 @@ class LibvirtClient:
 
     def download_bytes(self, vol, length=0):
         """The volume's content (its first ``length`` bytes, or all of it)."""
-        stream = self.conn.newStream(0)
         chunks = []
+        self.download_stream(vol, chunks.append, length)
+        return b"".join(chunks)
+
+    def download_stream(self, vol, consume, length=0):
+        """Hand the volume's content (its first ``length`` bytes, or all of it) to ``consume(chunk)``, chunk by
+        chunk, without holding it in memory."""
+        stream = self.conn.newStream(0)
         try:
             self._call("download volume %s" % vol.name(), vol.download, stream, 0, length, 0)
             while True:
@@ -444,12 +458,11 @@ class LibvirtClient:
                     continue
                 if not data:
                     break
-                chunks.append(data)
+                consume(data)
             stream.finish()
         except BaseException:
             _abort(stream)
             raise
-        return b"".join(chunks)
 
     # -- networks ---------------------------------------------------------------------------------------------------
 
@@ -653,6 +666,11 @@ class LibvirtClient:
             pool.refresh(0)
         except libvirt.libvirtError:
             pass  # a refresh fails while a volume is being built; the list is still good enough
+
+    def refresh_pool_or_fail(self, pool):
+        """Refresh the pool, raising when libvirt cannot: a refresh that fails leaves the pool listing no volumes
+        (and libvirt stops the pool), so a caller that just put a file there must know."""
+        self._call("refresh pool %s" % pool.name(), pool.refresh, 0)
 
     def pool_type(self, pool):
         return ET.fromstring(self._call("read pool %s" % pool.name(), pool.XMLDesc, 0)).get("type")

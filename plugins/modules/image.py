@@ -16,7 +16,15 @@ description:
     stream, so the same task works on the host and from a controller with a remote O(uri).
   - Before anything is created the image is checksummed and inspected with oslo.utils' format inspector, the checks
     Nova uses since CVE-2024-32498. Refused are a qcow2 image with a backing file or an external data file, a VMDK
-    with flat extents, any format other than raw and qcow2, and a file whose content is not O(disk_format).
+    with flat extents, any format other than raw and qcow2, a file whose content is not O(disk_format), and raw
+    content that starts with another format's signature (a truncated qcow2 header, for one).
+  - O(src) must be a regular file. A symbolic link is refused, not followed; so are directories, devices, FIFOs and
+    sockets. The file is opened once, and inspected, hashed and uploaded from that one open file, so replacing it
+    during the run cannot slip in other content.
+  - After the upload the pool must still list the volume, and the volume is read back through libvirt and inspected
+    again; if it does not pass, it is deleted and nothing is recorded.
+  - The image records never override the pool. An image whose volume was deleted or changed outside the collection
+    is imported again.
   - Idempotent by checksum. With O(checksum) an imported image is recognised without reading the file again;
     without it, the local file is hashed and compared with what was imported.
   - New content under the same name replaces the image only while no server uses it as its base.

@@ -375,3 +375,64 @@ def test_missing_oslo_utils_is_a_typed_error(monkeypatch):
     with pytest.raises(MissingLibraryError) as err:
         ii.Inspector()
     assert "oslo.utils" in str(err.value)
+
+
+# --- truncated headers of other formats (issue 14) ---------------------------------------------------------------
+
+@pytest.mark.parametrize("offset, magic", [(offset, magic) for offset, magic, _name in ii.FOREIGN_SIGNATURES],
+                         ids=[name for _offset, _magic, name in ii.FOREIGN_SIGNATURES])
+@pytest.mark.parametrize("declared", ["raw", None])
+def test_raw_content_with_another_formats_signature_is_refused(offset, magic, declared):
+    data = bytearray(max(512, offset + len(magic) + 16))
+    data[offset:offset + len(magic)] = magic
+    # Fed in small pieces: the signature must be found whatever the reads look like.
+    inspector = ii.Inspector(declared_format=declared)
+    for start in range(0, len(data), 7):
+        inspector.feed(bytes(data[start:start + 7]))
+    # Refused either by format_inspector (it recognised an incomplete header) or by the signature check.
+    with pytest.raises(UnsafeImageError):
+        inspector.finish()
+
+
+def test_first_48_bytes_of_a_qcow2_are_refused(make, tmp_path):
+    head = tmp_path / "head.img"
+    head.write_bytes(make("whole.qcow2", "qcow2").read_bytes()[:48])
+    refused(head, "qcow", "signature", declared_format="raw")
+    refused(head, "qcow", "signature")
+
+
+def test_signature_later_in_raw_content_is_accepted():
+    data = bytearray(MIB)
+    data[4096:4100] = b"QFI\xfb"  # file contents inside a raw disk, not a header
+    inspector = ii.Inspector(declared_format="raw")
+    inspector.feed(bytes(data))
+    assert inspector.finish().format == "raw"
+
+
+# --- what the path is (issue 14) ---------------------------------------------------------------------------------
+
+def test_sources_that_are_not_regular_files_are_refused_by_kind(make, tmp_path):
+    import os
+
+    image = make("good.qcow2", "qcow2")
+    (tmp_path / "link").symlink_to(image)
+    os.mkfifo(str(tmp_path / "fifo"))
+    for path, kind in ((tmp_path / "link", "symbolic link"), (tmp_path, "directory"),
+                       (tmp_path / "fifo", "FIFO"), ("/dev/null", "character device")):
+        with pytest.raises(ValidationError) as err:
+            ii.inspect_file(str(path), field="src")
+        assert kind in str(err.value) and err.value.field == "src"
+    with pytest.raises(NotFoundError):
+        ii.inspect_file(str(tmp_path / "missing"))
+
+
+def test_descriptor_is_inspected_from_its_start(make):
+    import os
+
+    image = make("good.qcow2", "qcow2")
+    fd = ii.open_image_file(str(image))
+    try:
+        os.read(fd, 100)
+        assert ii.inspect_fd(fd).format == "qcow2"
+    finally:
+        os.close(fd)

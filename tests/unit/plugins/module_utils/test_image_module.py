@@ -103,7 +103,7 @@ def test_import_is_predicted_then_unchanged(client, tiny, with_checksum):
 
     imported = converge(client, args)
 
-    assert [a.split(" ")[0] for a in imported["actions"]] == ["create", "upload", "record"]
+    assert [a.split(" ")[0] for a in imported["actions"]] == ["create", "upload", "read", "record"]
     with open(tiny, "rb") as handle:
         assert client.download_bytes(image_volume(client)) == handle.read()
     record = list_images(client)["virtfleet-images/tiny"]
@@ -123,7 +123,8 @@ def test_a_declared_checksum_recognises_the_image_without_reading_it(client, tin
     def must_not_read(*args, **kwargs):
         raise AssertionError("the image was read again")
 
-    monkeypatch.setattr(_image, "inspect_file", must_not_read)
+    monkeypatch.setattr(_image, "open_image_file", must_not_read)
+    monkeypatch.setattr(_image, "inspect_fd", must_not_read)
     assert not converge(client, args)["changed"]
 
 
@@ -184,7 +185,7 @@ def test_new_content_replaces_an_unused_image(client, tiny, qcow2_file):
 
     result = converge(client, {"name": "tiny", "src": bigger})
 
-    assert [a.split(" ")[0] for a in result["actions"]] == ["delete", "create", "upload", "record"]
+    assert [a.split(" ")[0] for a in result["actions"]] == ["delete", "create", "upload", "read", "record"]
     assert list_images(client)["virtfleet-images/tiny"]["sha256"] == _sha256(bigger)
     assert result["diff"]["before"]["sha256"] == _sha256(tiny)
 
@@ -200,10 +201,10 @@ def test_new_content_is_refused_while_a_server_uses_the_image(client, tiny, qcow
 def test_a_failed_upload_deletes_the_new_volume(client, tiny, monkeypatch):
     before = host_state(client)
 
-    def broken(vol, path, progress=None):
+    def broken(vol, size, read, progress=None):
         raise RuntimeError("stream closed")
 
-    monkeypatch.setattr(client, "upload_file", broken)
+    monkeypatch.setattr(client, "upload_stream", broken)
     with pytest.raises(Exception, match="stream closed"):
         converge_image(client, {"name": "tiny", "src": tiny})
     assert host_state(client) == before
