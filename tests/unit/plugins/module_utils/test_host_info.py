@@ -194,6 +194,10 @@ class FakeHost:
         with self.mutex:
             return pool.volumes.get(name)
 
+    def list_volumes(self, pool):
+        with self.mutex:
+            return list(pool.volumes.values())
+
     def create_volume_unless_exists(self, pool, xml):
         root = ET.fromstring(xml)
         name = root.findtext("name")
