@@ -129,10 +129,11 @@ class Filesystems:
         if pool is None or not pool.isActive():
             return None
         info = self.client.pool_info(pool)
-        for index, entry in enumerate(self.entries):
-            if entry["capacity_bytes"] and entry["capacity_bytes"] == info["capacity"]:
-                entry["pools"].append(pool_name)
-                break
+        same = [i for i, entry in enumerate(self.entries)
+                if entry["capacity_bytes"] and entry["capacity_bytes"] == info["capacity"]]
+        if same:
+            index = same[0]
+            self.entries[index]["pools"].append(pool_name)
         else:
             index = len(self.entries)
             self.entries.append({"instance": False, "pools": [pool_name], "capacity_bytes": info["capacity"],

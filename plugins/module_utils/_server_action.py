@@ -49,6 +49,11 @@ import threading
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._claims import Claim
+from ansible_collections.virtfleet.compute.plugins.module_utils._disk_usage import (
+    IMAGE_COPY_SOURCE,
+    IMAGES_RECORD,
+    OFFLOAD_RECORD_PREFIX,
+)
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
     DISK_ROLES,
     DISK_TARGETS,
@@ -84,11 +89,6 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import F
 from ansible_collections.virtfleet.compute.plugins.module_utils._flavor_catalog import resolve_flavor
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import down_host, host_info
 from ansible_collections.virtfleet.compute.plugins.module_utils._hypervisor import resolve_virt_type
-from ansible_collections.virtfleet.compute.plugins.module_utils._disk_usage import (
-    IMAGE_COPY_SOURCE,
-    IMAGES_RECORD,
-    OFFLOAD_RECORD_PREFIX,
-)
 from ansible_collections.virtfleet.compute.plugins.module_utils._libvirt_client import DEFAULT_URI, LibvirtClient
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
