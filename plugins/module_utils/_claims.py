@@ -27,6 +27,11 @@ otherwise A's verification comes after C's definition and A sees C), so at least
 capacity and rolls back. At worst both roll back; a host is never left oversubscribed, and nothing is started
 before its claim is verified.
 
+Volumes (``VolumeClaim``) claim disk under the same lock with the same three checks: on the instance pool's
+filesystem a volume and a server compete for the same free GB; a pool on another filesystem is its own capacity
+(_disk_usage). A grow is not verified after the fact: a volume never shrinks, so it is only made once its check
+under the lock passed.
+
 Stale locks: a claimant that dies holding the lock (a killed ``ansible-playbook``) leaves the volume behind. The
 lock's content names its owner with a random token. A waiter breaks a lock only after it has seen the *same* token
 for ``ttl`` seconds on its own monotonic clock, so no clocks of different machines are ever compared; normal holds

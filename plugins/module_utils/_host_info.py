@@ -12,6 +12,11 @@ plugin consume. Usage counts every domain on the host (DESIGN.md principle 2):
 * any other domain by its actual allocation: its maximum vCPUs, its memory, and the virtual size of its writable
   disks (what they may grow to, the same measure a flavor's disk is), whatever pool or path they live in.
 
+The volumes this collection made on the host (data volumes, shelve-offloaded disks, rescue disks, base images copied
+for a migration: _disk_usage) count by capacity too, in ``local_gb_used`` when they are on the instance pool's
+filesystem and in their own ``filesystems`` entry otherwise; ``local_disk`` tells servers, volumes and other domains
+apart, next to what the filesystem really holds.
+
 Powered-off domains count too, as in Nova: a stopped server keeps its claim so it can always be started again.
 
 Unlike Nova's legacy ``memory_mb_used``, the ``*_used`` figures do not include the reservations: reservations are
