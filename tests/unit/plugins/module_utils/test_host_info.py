@@ -360,9 +360,14 @@ def test_volumes_we_made_count_by_capacity_next_to_the_servers(fake):
     assert host["local_gb_used"] == 21 and host["capacity"]["disk_gb"]["used"] == 21
     assert [fs["pools"] for fs in host["filesystems"]] == [
         ["virtfleet-images", "virtfleet-instances", "virtfleet-volumes"]]
-    # The scheduler gets the same figure: a 80 GB server fits, an 80 GB + 1 one does not.
+    # The scheduler gets the same figure: 100 GB less 21 leaves room for a 79 GB server, not an 80 GB one.
     assert not _capacity.check_fit(host, {"vcpus": 1, "ram_mb": 1, "disk_gb": 79})
     assert _capacity.check_fit(host, {"vcpus": 1, "ram_mb": 1, "disk_gb": 80})
+    with pytest.raises(_scheduler.NoValidHost) as err:
+        _scheduler.Scheduler([host], seed=1).place({"name": "big", "flavor": {"vcpus": 1, "ram_mb": 1, "disk_gb": 80}})
+    assert "DiskFilter" in err.value.reasons["fake-host"]
+    assert _scheduler.Scheduler([host], seed=1).place(
+        {"name": "fits", "flavor": {"vcpus": 1, "ram_mb": 1, "disk_gb": 79}}).host == "fake-host"
 
 
 def test_a_pool_on_another_filesystem_is_a_capacity_of_its_own(fake):
