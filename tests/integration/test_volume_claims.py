@@ -10,7 +10,6 @@ at that moment); its pool is a capacity of its own.
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -212,7 +211,12 @@ def _create_in_process(uri, name, size):
         "import sys; sys.path.insert(0, %r)\n"
         "from ansible_collections.virtfleet.compute.plugins.module_utils._libvirt_client import LibvirtClient\n"
         "from ansible_collections.virtfleet.compute.plugins.module_utils._volume import converge_volume\n"
-        "from ansible_collections.virtfleet.compute.plugins.module_utils._errors import VirtfleetError\n"
+        "from ansible_collections.virtfleet.compute.plugins.module_utils import _claims\n"
+        "_acquire = _claims.RecordLock.acquire\n"
+        "def acquire(self):\n"
+        "    print('PLANNED, TAKING THE LOCK', flush=True)\n"
+        "    _acquire(self)\n"
+        "_claims.RecordLock.acquire = acquire\n"
         "try:\n"
         "    converge_volume(LibvirtClient(%r), {'name': %r, 'pool': %r, 'size': %d, 'state': 'present'})\n"
         "except Exception as exc:\n"
@@ -231,13 +235,16 @@ def test_two_volume_creates_at_once_with_room_for_one(clean, lab_uri, hold_lock)
         # the race is decided under the lock, whoever started first.
         lock.acquire()
     procs = [_create_in_process(lab_uri, PREFIX + name, 10) for name in ("race-a", "race-b")]
+    first = ["", ""]
     try:
         if hold_lock:
-            time.sleep(4)
-            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            # Both have passed the planning check and wait for the lock: each says so before it asks for it.
+            for index, proc in enumerate(procs):
+                first[index] = proc.stdout.readline()
+            assert all(line.startswith("PLANNED") for line in first), first
     finally:
         lock.release()
-    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    outputs = [first[i] + p.communicate(timeout=240)[0] for i, p in enumerate(procs)]
     codes = [p.returncode for p in procs]
     assert sorted(codes) == [0, 1], outputs
     loser = outputs[codes.index(1)]
