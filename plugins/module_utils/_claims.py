@@ -27,6 +27,11 @@ otherwise A's verification comes after C's definition and A sees C), so at least
 capacity and rolls back. At worst both roll back; a host is never left oversubscribed, and nothing is started
 before its claim is verified.
 
+Volumes (``VolumeClaim``) claim disk under the same lock with the same three checks: on the instance pool's
+filesystem a volume and a server compete for the same free GB; a pool on another filesystem is its own capacity
+(_disk_usage). A grow is not verified after the fact: a volume never shrinks, so it is only made once its check
+under the lock passed.
+
 Stale locks: a claimant that dies holding the lock (a killed ``ansible-playbook``) leaves the volume behind. The
 lock's content names its owner with a random token. A waiter breaks a lock only after it has seen the *same* token
 for ``ttl`` seconds on its own monotonic clock, so no clocks of different machines are ever compared; normal holds
@@ -45,7 +50,7 @@ import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity
+from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity, _disk_usage
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     CapacityError,
     ConflictError,
@@ -329,6 +334,126 @@ class Claim:
     def verify_and_release(self):
         # On failure the lock is kept on purpose: see the class docstring.
         verify_claim(self.client, self.server_name, self.summary["resources"], self.instance_pool)
+        self.lock.release()
+
+    def release(self):
+        self.lock.release()
+
+
+# -- volumes ----------------------------------------------------------------------------------------------------------
+
+def _filesystem_of(client, host, pool_name):
+    """The host dict's filesystem entry that ``pool_name`` is on (see _disk_usage), a new empty one if it holds none
+    of our volumes yet."""
+    for entry in host.get("filesystems") or []:
+        if pool_name in entry["pools"]:
+            return entry
+    pool = client.lookup_pool(pool_name, field="pool")
+    capacity_bytes = client.pool_info(pool)["capacity"]
+    for entry in host.get("filesystems") or []:
+        if entry["capacity_bytes"] and entry["capacity_bytes"] == capacity_bytes:
+            return entry
+    ratio = _capacity.capacity(host)["disk_gb"]["allocation_ratio"]
+    return _disk_usage.filesystem_figures({"instance": False, "pools": [pool_name], "capacity_bytes": capacity_bytes,
+                                           "allocation_gb": 0}, 0, ratio)
+
+
+def _filesystem_text(fs, host):
+    fmt = _capacity.format_amount
+    if fs["instance"]:
+        disk = host["local_disk"]
+        return ("used %s GB: servers %s GB, volumes %s GB, other domains %s GB) on the instance filesystem (pool %s; "
+                "total %s GB, reserved %s GB, disk allocation ratio %s"
+                % (fmt(fs["used_gb"]), fmt(disk["servers_gb"]), fmt(disk["volumes_gb"]), fmt(disk["unmanaged_gb"]),
+                   ", ".join(fs["pools"]), fmt(fs["total_gb"]), fmt(fs["reserved_gb"]), fmt(fs["allocation_ratio"])))
+    return ("used %s GB by volumes) on a filesystem of its own (pool %s; total %s GB, disk allocation ratio %s"
+            % (fmt(fs["used_gb"]), ", ".join(fs["pools"]), fmt(fs["total_gb"]), fmt(fs["allocation_ratio"])))
+
+
+def check_volume_claim(client, pool_name, name, requested_gb, host=None):
+    """Whether ``requested_gb`` more GB of volume fit in ``pool_name``'s filesystem: a summary, or CapacityError.
+
+    The same test as a server's disk (placement's: used + requested <= capacity, and no more than the filesystem's
+    total whatever the ratio). A disabled host still takes volumes: disabling stops new servers (Nova's disabled
+    compute service), and Cinder's volumes never depended on it.
+    """
+    if host is None:
+        host = host_info(client, details=False)
+    if not host.get("up", True):
+        raise HostUnavailableError("host %s cannot be reached: %s" % (host.get("name"), host.get("error")))
+    fs = _filesystem_of(client, host, pool_name)
+    summary = {"host": host["name"], "volume": "%s/%s" % (pool_name, name), "requested_gb": requested_gb,
+               "needed": requested_gb > 0, "filesystem": fs}
+    if requested_gb <= 0:
+        return summary
+    if not _capacity.resource_fits(requested_gb, fs["used_gb"], fs["capacity_gb"], fs["total_gb"]):
+        fmt = _capacity.format_amount
+        raise CapacityError(
+            "volume %s/%s does not fit on host %s: requested %s GB, free %s GB of capacity %s GB (%s)"
+            % (pool_name, name, host["name"], fmt(requested_gb), fmt(max(fs["free_gb"], 0)), fmt(fs["capacity_gb"]),
+               _filesystem_text(fs, host)), field="size", host=host["name"])
+    return summary
+
+
+def verify_volume_claim(client, pool_name, name):
+    """After a volume was made (and recorded), still under the claim lock: its filesystem is within capacity. The
+    counterpart of verify_claim, for claimants that did not take the lock."""
+    host = host_info(client, details=False)
+    fs = _filesystem_of(client, host, pool_name)
+    if fs["used_gb"] > fs["capacity_gb"]:
+        raise CapacityError(
+            "the claim of volume %s/%s on host %s was verified after it was made and the disk is over its capacity "
+            "(capacity %s GB, %s): another run claimed disk on this host at the same time without waiting for its "
+            "claim lock. This volume is rolled back; run again to retry"
+            % (pool_name, name, host["name"], _capacity.format_amount(fs["capacity_gb"]), _filesystem_text(fs, host)),
+            field="size", host=host["name"])
+
+
+class VolumeClaim:
+    """A volume's disk claim, wired into a plan like a server's ``Claim`` (checked when planning, again under the
+    host's claim lock, and after the volume is made and recorded).
+
+    ``verify`` is False for a grow: a volume never shrinks, so a grow cannot be rolled back and is only made once its
+    claim passed under the lock.
+    """
+
+    def __init__(self, client, pool_name, name, requested_gb, verify=True, lock=None):
+        self.client = client
+        self.pool_name = pool_name
+        self.name = name
+        self.requested_gb = requested_gb
+        self.verify = verify
+        self.lock = lock or ClaimLock(client)
+        self.summary = check_volume_claim(client, pool_name, name, requested_gb)
+
+    @property
+    def needed(self):
+        return self.summary["needed"]
+
+    @property
+    def acquire_label(self):
+        return "claim %s GB disk for volume %s/%s on host %s (checked again under the host's claim lock)" % (
+            _capacity.format_amount(self.requested_gb), self.pool_name, self.name, self.summary["host"])
+
+    @property
+    def verify_label(self):
+        if self.verify:
+            return "verify the claim of volume %s/%s on host %s and release the claim lock" % (
+                self.pool_name, self.name, self.summary["host"])
+        return "release the claim lock of host %s" % self.summary["host"]
+
+    def acquire(self):
+        self.lock.acquire()
+        try:
+            self.summary = check_volume_claim(self.client, self.pool_name, self.name, self.requested_gb)
+        except Exception:
+            self.lock.release()
+            raise
+
+    def verify_and_release(self):
+        # On failure the lock is kept until the plan's undo removed the volume, as for a server.
+        if self.verify:
+            verify_volume_claim(self.client, self.pool_name, self.name)
         self.lock.release()
 
     def release(self):

@@ -12,6 +12,11 @@ plugin consume. Usage counts every domain on the host (DESIGN.md principle 2):
 * any other domain by its actual allocation: its maximum vCPUs, its memory, and the virtual size of its writable
   disks (what they may grow to, the same measure a flavor's disk is), whatever pool or path they live in.
 
+The volumes this collection made on the host (data volumes, shelve-offloaded disks, rescue disks, base images copied
+for a migration: _disk_usage) count by capacity too, in ``local_gb_used`` when they are on the instance pool's
+filesystem and in their own ``filesystems`` entry otherwise; ``local_disk`` tells servers, volumes and other domains
+apart, next to what the filesystem really holds.
+
 Powered-off domains count too, as in Nova: a stopped server keeps its claim so it can always be started again.
 
 Unlike Nova's legacy ``memory_mb_used``, the ``*_used`` figures do not include the reservations: reservations are
@@ -29,7 +34,7 @@ __metaclass__ = type
 import math
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity, _host_features
+from ansible_collections.virtfleet.compute.plugins.module_utils import _capacity, _disk_usage, _host_features
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import GIB, Domain
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import HostUnavailableError
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_record import (
@@ -69,10 +74,10 @@ class DomainUsage:
     """What one domain takes from its host, and (for a managed server) who it is."""
 
     __slots__ = ("name", "uuid", "managed", "active", "vcpus", "memory_mb", "disk_gb", "flavor", "extra", "pcpus",
-                 "pinned_cpus")
+                 "pinned_cpus", "volumes")
 
     def __init__(self, name, uuid, managed, active, vcpus, memory_mb, disk_gb, flavor=None, extra=None, pcpus=0,
-                 pinned_cpus=()):
+                 pinned_cpus=(), volumes=None):
         self.name = name
         self.uuid = uuid
         self.managed = managed
@@ -84,6 +89,7 @@ class DomainUsage:
         self.extra = extra or {}
         self.pcpus = pcpus  # host CPUs claimed for hw:cpu_policy=dedicated
         self.pinned_cpus = list(pinned_cpus)  # the host CPUs those are, as pinned in the definition
+        self.volumes = dict(volumes or {})  # a managed server's disks by role, as its record lists them
 
     def resources(self):
         return {"vcpus": self.vcpus, "memory_mb": self.memory_mb, "disk_gb": self.disk_gb, "pcpus": self.pcpus}
@@ -139,7 +145,8 @@ def domain_usage(client, dom, domain, active):
             res["memory_mb"] = 0
         pinned = domain.pinned_cpus if res["pcpus"] else []
         return DomainUsage(domain.name, domain.uuid, True, active, res["vcpus"], res["memory_mb"], res["disk_gb"],
-                           flavor=snapshot, extra=domain.record.extra, pcpus=res["pcpus"], pinned_cpus=pinned)
+                           flavor=snapshot, extra=domain.record.extra, pcpus=res["pcpus"], pinned_cpus=pinned,
+                           volumes=domain.record.volumes)
     disk_bytes = 0
     for disk in domain.disks:
         # A CD-ROM or a read-only disk never grows; writable disks may fill up to their virtual size.
@@ -161,6 +168,9 @@ def down_host(name, uri, error):
     for key in ("vcpus", "vcpus_used", "memory_mb", "memory_mb_used", "local_gb", "local_gb_used", "pcpus_used"):
         host[key] = 0
     host["pinned_cpus"] = []
+    host["local_volumes"] = []
+    host["filesystems"] = []
+    host["local_disk"] = {"servers_gb": 0, "unmanaged_gb": 0, "volumes_gb": 0, "used_gb": 0, "allocation_gb": 0}
     for key in RATIO_FIELDS + RESERVED_FIELDS:
         host[key] = _capacity.DEFAULTS[key]
     return host
@@ -187,8 +197,15 @@ def host_info(client, name=None, instance_pool=INSTANCE_POOL, details=True):
     node = client.node_info()
     usages = scan_domains(client)
     pool = _pool_figures(client, instance_pool)
+    volumes = _disk_usage.local_volumes(client, usages)
+    filesystems = _disk_usage.Filesystems(client, instance_pool, pool)
+    for volume in volumes:
+        volume["filesystem"] = filesystems.index_of(volume["pool"])
+    volumes_gb = [sum(v["capacity_gb"] for v in volumes if v["filesystem"] == index)
+                  for index in range(len(filesystems.entries))]
 
     used = _capacity.sum_resources(u.resources() for u in usages)
+    servers_gb = sum(u.disk_gb for u in usages if u.managed)
     host = {
         "name": name or hostname,
         "hypervisor_hostname": hostname,
@@ -209,7 +226,8 @@ def host_info(client, name=None, instance_pool=INSTANCE_POOL, details=True):
         "memory_mb": int(node[1]),
         "memory_mb_used": used["memory_mb"],
         "local_gb": pool["capacity_gb"],
-        "local_gb_used": used["disk_gb"],
+        # The instance filesystem holds the servers' disks and, usually, the volumes we made: both are claimed.
+        "local_gb_used": used["disk_gb"] + volumes_gb[0],
         "pcpus_used": used["pcpus"],
         "pinned_cpus": sorted(set(cpu for u in usages for cpu in u.pinned_cpus)),
         "disk_available_least": pool["available_gb"],
@@ -223,6 +241,19 @@ def host_info(client, name=None, instance_pool=INSTANCE_POOL, details=True):
     host["free_ram_mb"] = host["memory_mb"] - host["memory_mb_used"]
     host["free_disk_gb"] = host["local_gb"] - host["local_gb_used"]
     host["capacity"] = _capacity.capacity(host)
+    ratio = host["capacity"]["disk_gb"]["allocation_ratio"]
+    host["filesystems"] = [
+        _disk_usage.filesystem_figures(entry, volumes_gb[index], ratio,
+                                       host["capacity"]["disk_gb"] if entry["instance"] else None)
+        for index, entry in enumerate(filesystems.entries)]
+    host["local_disk"] = {
+        "servers_gb": servers_gb,
+        "unmanaged_gb": used["disk_gb"] - servers_gb,
+        "volumes_gb": volumes_gb[0],
+        "used_gb": host["local_gb_used"],
+        "allocation_gb": pool["allocation_gb"],
+    }
+    host["local_volumes"] = sorted(volumes, key=lambda v: (v["pool"], v["name"]))
     if details:
         host.update(_hypervisor_details(client))
         host["features"] = _host_features.features(client, host["numa_cells"])

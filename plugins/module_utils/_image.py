@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import xml.etree.ElementTree as ET
 
+from ansible_collections.virtfleet.compute.plugins.module_utils._disk_usage import IMAGES_RECORD
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import Domain
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     ConflictError,
@@ -38,7 +39,6 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._image_inspect i
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
 
-IMAGES_RECORD = "images"
 CHECKSUM_ALGORITHMS = ("sha256", "sha512")
 _HEX = re.compile(r"^[0-9a-f]+$")
 _DIGEST_LENGTHS = {"sha256": 64, "sha512": 128}

@@ -50,6 +50,11 @@ import threading
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._claims import Claim
+from ansible_collections.virtfleet.compute.plugins.module_utils._disk_usage import (
+    IMAGE_COPY_SOURCE,
+    IMAGES_RECORD,
+    OFFLOAD_RECORD_PREFIX,
+)
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
     DISK_ROLES,
     DISK_TARGETS,
@@ -85,7 +90,6 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import F
 from ansible_collections.virtfleet.compute.plugins.module_utils._flavor_catalog import resolve_flavor
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import down_host, host_info
 from ansible_collections.virtfleet.compute.plugins.module_utils._hypervisor import resolve_virt_type
-from ansible_collections.virtfleet.compute.plugins.module_utils._image import IMAGES_RECORD
 from ansible_collections.virtfleet.compute.plugins.module_utils._libvirt_client import DEFAULT_URI, LibvirtClient
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
@@ -154,7 +158,6 @@ _RESCUE_TARGETS = {"root": "vdb", "config": "vdc", "ephemeral": "vdd", "swap": "
 _ROLE_BY_SERIAL = dict((serial, role) for role, _t, serial, _f, _r in DISK_ROLES)
 _DISK_ORDER = dict((role, index) for index, (role, _t, _s, _f, _r) in enumerate(DISK_ROLES))
 
-OFFLOAD_RECORD_PREFIX = "shelved-"
 _PROGRESS_SAMPLES = 20
 
 
@@ -1313,7 +1316,7 @@ class ActionRunner:
                 store = RecordStore(dst)
                 store.ensure_pool()
                 catalog = store.read(IMAGES_RECORD) or {}
-                catalog["%s/%s" % (ref["pool"], ref["name"])] = dict(src_record, source="copied from %s" % src.uri,
+                catalog["%s/%s" % (ref["pool"], ref["name"])] = dict(src_record, source=IMAGE_COPY_SOURCE + src.uri,
                                                                      imported=_now())
                 store.write(IMAGES_RECORD, catalog)
 

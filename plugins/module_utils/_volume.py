@@ -29,6 +29,8 @@ import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._attachments import DEFAULT_VOLUME_POOL
+from ansible_collections.virtfleet.compute.plugins.module_utils._claims import VolumeClaim
+from ansible_collections.virtfleet.compute.plugins.module_utils._disk_usage import VOLUME_RECORD_PREFIX, ceil_gb
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     ConflictError,
     NotFoundError,
@@ -41,7 +43,7 @@ DEFAULT_VOLUME_POOL_PATH = "/var/lib/libvirt/virtfleet/volumes"
 DEFAULT_IMAGE_POOL = "virtfleet-images"
 FORMATS = ("qcow2", "raw")
 STATES = ("present", "absent")
-RECORD_PREFIX = "volume@"
+RECORD_PREFIX = VOLUME_RECORD_PREFIX
 # A rotation re-encrypts into a temporary volume of this name; user volumes may not end with it.
 ROTATING_SUFFIX = ".vf-rotating"
 SERIAL_LENGTH = 20  # what a virtio-blk serial holds; the guest sees /dev/disk/by-id/virtio-<serial>
@@ -484,6 +486,11 @@ class VolumePlanner:
                      undo=lambda: secret_holder.get("secret") and client.undefine_secret(secret_holder["secret"]))
         xml = volume_xml(req.name, size, fmt, record.get("secret_uuid"))
         holder = {}
+        # The volume counts against its filesystem by its capacity from the moment it is recorded (_disk_usage): it
+        # is claimed under the host's claim lock, the servers' lock, so a server and a volume never both take the
+        # last free GB. Planning (check mode too) already refuses what does not fit.
+        claim = VolumeClaim(client, req.pool, req.name, ceil_gb(size))
+        plan.add(claim.acquire_label, claim.acquire, undo=claim.release)
 
         def create():
             holder["vol"] = client.build_volume(pool, xml, source_vol)
@@ -506,6 +513,7 @@ class VolumePlanner:
         plan.add(label, create, undo=undo_create)
         plan.add("record volume %s/%s" % (req.pool, req.name), lambda: self.store.write(record),
                  undo=lambda: self.store.delete(req.pool, req.name))
+        plan.add(claim.verify_label, claim.verify_and_release, undo=claim.release)
         predicted = dict(record)
         view = volume_view(client, predicted, None, {})
         # The id is drawn when the volume is made; check mode cannot know it.
@@ -646,6 +654,9 @@ class VolumePlanner:
                                 "of them runs" % (req.pool, req.name, _names(running)), field="size")
         label = "grow volume %s/%s from %s to %s" % (req.pool, req.name, size_text(facts["capacity"]),
                                                      size_text(req.size))
+        claim = VolumeClaim(client, req.pool, req.name, ceil_gb(req.size) - ceil_gb(facts["capacity"]), verify=False)
+        if claim.needed:
+            plan.add(claim.acquire_label, claim.acquire, undo=claim.release)
         if running:
             # The running guest holds the image: QEMU resizes it and tells the guest, which sees the new size live.
             user = running[0]
@@ -653,6 +664,8 @@ class VolumePlanner:
                      lambda: client.resize_disk_live(user["dom"], user["device"], req.size))
         else:
             plan.add(label, lambda: client.resize_volume(vol, req.size))
+        if claim.needed:
+            plan.add(claim.verify_label, claim.verify_and_release)
 
     def _plan_passphrase(self, plan, pool, vol, facts, record, new):
         """A passphrase given for an existing encrypted volume: nothing, restore a lost secret, or rotate."""

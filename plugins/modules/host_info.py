@@ -19,6 +19,8 @@ description:
   - Usage counts every domain of the host, running or not, managed or not. A managed server counts its flavor
     snapshot (vCPUs and RAM as defined, root + ephemeral + swap disk as its flavor has them); any other domain its
     vCPUs, its memory and the virtual size of its writable disks.
+  - Disk usage also counts the volumes this collection made on the host (data volumes, disks saved by a shelve
+    offload, rescue disks, base images copied for a migration) by capacity, on the filesystem they are on.
   - C(*_used) figures do not include reservations; reservations are taken off the capacity instead, as placement
     does (the capacity is total minus reserved, times the allocation ratio).
   - The result is the host record the scheduler lookup and the inventory plugin consume.
@@ -160,8 +162,102 @@ host:
       description: Size of the instance pool in GiB.
       type: int
     local_gb_used:
-      description: Disk of all domains in GiB (reservation not included).
+      description:
+        - Disk claimed on the instance pool's filesystem in GiB (reservation not included) - every domain's disks
+          and the volumes this collection made there (see RV(host.local_disk)).
       type: int
+    local_disk:
+      description: What takes the instance pool's filesystem, in GiB.
+      type: dict
+      contains:
+        servers_gb:
+          description: What managed servers claim (their flavors' root + ephemeral + swap).
+          type: int
+        volumes_gb:
+          description: What the volumes this collection made claim there (RV(host.local_volumes), by capacity).
+          type: int
+        unmanaged_gb:
+          description: The writable disks of domains this collection did not make, by virtual size.
+          type: int
+        used_gb:
+          description: The sum, C(local_gb_used).
+          type: int
+        allocation_gb:
+          description: What the instance pool's filesystem really holds now (libvirt's pool allocation).
+          type: int
+    local_volumes:
+      description:
+        - Every volume this collection made on the host outside servers' flavor disks, claimed by its capacity
+          (whole GiB, rounded up) on the filesystem it is on.
+      type: list
+      elements: dict
+      contains:
+        kind:
+          description: V(volume) (a data volume), V(shelved) (a disk a shelve offload saved), V(rescue) (a rescue
+            disk) or V(image_copy) (a base image copied to this host for a migration).
+          type: str
+        owner:
+          description: The volume or server it belongs to (null for an image copy).
+          type: str
+        pool:
+          description: Its storage pool.
+          type: str
+        name:
+          description: Its volume name.
+          type: str
+        capacity:
+          description: What it may grow to, in bytes.
+          type: int
+        capacity_gb:
+          description: What it claims, in whole GiB.
+          type: int
+        allocation:
+          description: What it holds now, in bytes.
+          type: int
+        filesystem:
+          description: Its index in RV(host.filesystems).
+          type: int
+    filesystems:
+      description:
+        - The filesystems the instance pool and the volumes are on; the first is the instance pool's. A pool on
+          another filesystem is a capacity of its own, told apart by the capacity libvirt reports for the pool.
+      type: list
+      elements: dict
+      contains:
+        instance:
+          description: Whether this is the instance pool's filesystem.
+          type: bool
+        pools:
+          description: The pools on it that hold volumes of this collection (and the instance pool).
+          type: list
+          elements: str
+        capacity_bytes:
+          description: The pools' capacity as libvirt reports it.
+          type: int
+        total_gb:
+          description: Its size in GiB.
+          type: int
+        reserved_gb:
+          description: Reserved for the host (C(reserved_host_disk_mb)); on the instance filesystem only.
+          type: int
+        allocation_ratio:
+          description: The disk allocation ratio.
+          type: float
+        capacity_gb:
+          description: C((total_gb - reserved_gb) * allocation_ratio).
+          type: float
+        used_gb:
+          description: What is claimed on it.
+          type: int
+        volumes_gb:
+          description: What the volumes on it claim.
+          type: int
+        free_gb:
+          description: C(capacity_gb - used_gb).
+          type: float
+        allocation_gb:
+          description: What it really holds now.
+          type: int
     free_ram_mb:
       description: C(memory_mb - memory_mb_used).
       type: int

@@ -66,6 +66,11 @@ options:
         V(20GiB), V(1T)) or decimal (V(500MB), V(1GB)). A positive multiple of 512 bytes.
       - Required to create an empty volume; a copy defaults to the size of its source and is never smaller.
       - A larger size grows the volume; a smaller one is refused. Omitted, an existing volume keeps its size.
+      - The size is claimed on the host's disk, in whole GiB rounded up, as a server's flavor disk is. A new volume,
+        and what a grow adds, must fit in the free capacity of the pool's filesystem after the disk allocation ratio
+        (and, on the instance pool's filesystem, the host's reserved disk and the servers' claims). The check runs in
+        check mode too and again under the host's claim lock; a refusal names the numbers. See
+        M(virtfleet.compute.host_info)'s RV(virtfleet.compute.host_info#module:host.filesystems).
     type: raw
   format:
     description:

@@ -171,6 +171,10 @@ def test_cold_migration_copies_the_disks_and_the_image(clients):
 
         assert name in [s["name"] for s in host_info(dst, details=False)["servers"]]
         assert name not in [s["name"] for s in host_info(src, details=False)["servers"]]
+        # The base image the migration copied takes the target's disk; the source's, imported, is the operator's.
+        assert [(v["pool"], v["name"], v["capacity_gb"]) for v in host_info(dst, details=False)["local_volumes"]
+                if v["kind"] == "image_copy"] == [("virtfleet-images", HALT, 1)]
+        assert [v for v in host_info(src, details=False)["local_volumes"] if v["kind"] == "image_copy"] == []
     finally:
         delete(clients, name)
 

@@ -55,6 +55,14 @@ def _delete(client, name):
             client.delete_volume(vol)
 
 
+def _local_volumes(client, owner):
+    """``{volume name: (kind, pool, GB claimed)}`` of what host_info counts for ``owner`` besides its flavor."""
+    from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import host_info
+
+    return dict((v["name"], (v["kind"], v["pool"], v["capacity_gb"]))
+                for v in host_info(client, details=False)["local_volumes"] if v["owner"] == owner)
+
+
 def host_state(client, name):
     """What an action could change: the server's definition (with secrets), power state and saved state, and every
     volume named after it with its capacity and backing file."""
@@ -294,6 +302,8 @@ def test_rescue_and_unrescue(client, server):
     assert disks["root"][0] == "vdb" and disks["root"][2] is None
     assert client.lookup_volume(client.lookup_pool(INSTANCE_POOL), rescue_volume) is not None
     assert _record(client, name).extra["vm_state"] == "rescued"
+    # The rescue disk takes the host's disk next to the server's flavor (issue 23).
+    assert _local_volumes(client, name) == {rescue_volume: ("rescue", INSTANCE_POOL, 1)}
     # Other actions wait for the unrescue.
     from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ConflictError
 
@@ -394,6 +404,9 @@ def test_shelve_unshelve_and_offload(client, server):
     image_pool = client.lookup_pool(IMAGE_POOL)
     root_image = client.lookup_volume(image_pool, saved["root"].split("/", 1)[1])
     assert ET.fromstring(client.volume_xml(root_image)).find("backingStore/path") is None  # standalone
+    # The saved disks take the host's disk while the server has no domain to claim it (issue 23).
+    assert _local_volumes(client, name) == dict(
+        (ref.split("/", 1)[1], ("shelved", ref.split("/", 1)[0], 1)) for ref in saved.values())
 
     back = act(client, name, "unshelve")
     assert back["server"]["state"] == "running" and back["server"]["uuid"] == uuid

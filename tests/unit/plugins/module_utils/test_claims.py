@@ -12,7 +12,9 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._claims import (
     Claim,
     ClaimLock,
     RecordLock,
+    VolumeClaim,
     check_claim,
+    check_volume_claim,
     grows,
     verify_claim,
 )
@@ -26,7 +28,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._host_info impor
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_record import converge_host
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan, StepFailed
 from ansible_collections.virtfleet.compute.plugins.module_utils._records import RECORDS_POOL
-from tests.unit.plugins.module_utils.test_host_info import FakeHost, managed_xml, unmanaged_xml
+from tests.unit.plugins.module_utils.test_host_info import FakeHost, FakePool, FakeVolume, managed_xml, unmanaged_xml
 
 GIB = 1024 ** 3
 
@@ -332,3 +334,68 @@ def test_racing_claimants_never_oversubscribe(fake, claimants, room):
     assert all("does not fit" in o for o in outcomes if o != "ok")
     assert len(fake.domains) == room
     assert "claim.lock" not in fake.pools[RECORDS_POOL].volumes
+
+
+# -- volumes (issue 23) ---------------------------------------------------------------------------------------------
+
+def _recorded_volume(host, pool, name, size):
+    from ansible_collections.virtfleet.compute.plugins.module_utils._records import RecordStore
+
+    host.pools[pool].volumes[name] = FakeVolume(name, size)
+    RecordStore(host).write("volume@%s@%s" % (pool, name), {"pool": pool, "name": name})
+
+
+def test_a_volume_claim_names_requested_free_capacity_total_and_ratio(fake):
+    fake.pools["virtfleet-volumes"] = FakePool("virtfleet-volumes")  # the instance pool's filesystem
+    converge_host(fake, {"disk_allocation_ratio": 1.0, "reserved_host_disk_mb": 90 * 1024})
+    fake.add_domain(managed_xml("web", disk_gb=6))
+    _recorded_volume(fake, "virtfleet-volumes", "logs", 3 * GIB)
+    assert check_volume_claim(fake, "virtfleet-volumes", "data", 1)["needed"]
+    with pytest.raises(CapacityError) as error:
+        check_volume_claim(fake, "virtfleet-volumes", "data", 2)
+    assert error.value.field == "size"
+    assert ("volume virtfleet-volumes/data does not fit on host fake-host: requested 2 GB, free 1 GB of capacity "
+            "10 GB (used 9 GB: servers 6 GB, volumes 3 GB, other domains 0 GB) on the instance filesystem (pool "
+            "virtfleet-instances, virtfleet-volumes; total 100 GB, reserved 90 GB, disk allocation ratio 1)"
+            ) == error.value.message
+    # Nothing to claim (a grow within the same whole GB) needs no room.
+    assert not check_volume_claim(fake, "virtfleet-volumes", "data", 0)["needed"]
+
+
+def test_a_disabled_host_still_takes_volumes(fake):
+    converge_host(fake, {"enabled": False, "disabled_reason": "drain"})
+    assert check_volume_claim(fake, "virtfleet-instances", "data", 1)["needed"]
+
+
+def test_a_volume_on_another_filesystem_is_claimed_against_that_one(fake):
+    fake.pools["vf-ssd"] = FakePool("vf-ssd", capacity=8 * GIB)
+    converge_host(fake, {"reserved_host_disk_mb": 100 * 1024})  # the instance filesystem is all reserved
+    with pytest.raises(CapacityError):
+        check_volume_claim(fake, "virtfleet-instances", "data", 1)
+    assert check_volume_claim(fake, "vf-ssd", "data", 8)["needed"]
+    _recorded_volume(fake, "vf-ssd", "fast", 5 * GIB)
+    with pytest.raises(CapacityError) as error:
+        check_volume_claim(fake, "vf-ssd", "data", 4)
+    assert "requested 4 GB, free 3 GB of capacity 8 GB (used 5 GB by volumes) on a filesystem of its own (pool " \
+        "vf-ssd; total 8 GB, disk allocation ratio 1)" in error.value.message
+
+
+def test_a_volume_claim_is_checked_again_under_the_lock_and_verified(fake):
+    fake.pools["virtfleet-volumes"] = FakePool("virtfleet-volumes")
+    converge_host(fake, {"disk_allocation_ratio": 1.0, "reserved_host_disk_mb": 95 * 1024})
+    claim = VolumeClaim(fake, "virtfleet-volumes", "data", 5)
+    # Another claimant took the room between planning and the lock.
+    _recorded_volume(fake, "virtfleet-volumes", "other", GIB)
+    with pytest.raises(CapacityError):
+        claim.acquire()
+    assert not claim.lock.held
+    # A volume made without the lock is caught by the verification, which keeps the lock for the undo.
+    claim = VolumeClaim(fake, "virtfleet-volumes", "data", 4)
+    claim.acquire()
+    _recorded_volume(fake, "virtfleet-volumes", "data", 4 * GIB)
+    _recorded_volume(fake, "virtfleet-volumes", "sneaky", GIB)
+    with pytest.raises(CapacityError) as error:
+        claim.verify_and_release()
+    assert "over its capacity" in error.value.message and claim.lock.held
+    claim.release()
+    assert not claim.lock.held

@@ -199,6 +199,10 @@ class FakeHost:
         with self.mutex:
             return pool.volumes.get(name)
 
+    def list_volumes(self, pool):
+        with self.mutex:
+            return list(pool.volumes.values())
+
     def create_volume_unless_exists(self, pool, xml):
         root = ET.fromstring(xml)
         name = root.findtext("name")
@@ -260,12 +264,13 @@ CAPABILITIES = """<capabilities><host><uuid>11111111-2222-3333-4444-555555555555
 
 
 def managed_xml(name, vcpus=1, ram_mb=512, disk_gb=10, swap_mb=0, ephemeral_gb=0, flavor_name="m1.small",
-                extra=None, extra_specs=None, host_cpus=None, taken_cpus=()):
+                extra=None, extra_specs=None, host_cpus=None, taken_cpus=(), more_volumes=None):
     flavor = Flavor(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb, swap_mb=swap_mb, ephemeral_gb=ephemeral_gb,
                     name=flavor_name, extra_specs=extra_specs)
     record = ServerRecord(created="2026-01-01T00:00:00Z", spec_hash="x", flavor=flavor,
                           image={"pool": "virtfleet-images", "name": "img"},
-                          volumes={"root": {"pool": "virtfleet-instances", "name": "%s-root-1.qcow2" % name}},
+                          volumes=dict({"root": {"pool": "virtfleet-instances", "name": "%s-root-1.qcow2" % name}},
+                                       **(more_volumes or {})),
                           extra=extra)
     spec = DomainSpec(name, str(uuidlib.uuid4()), "qemu", flavor, [],
                       {"root": {"pool": "virtfleet-instances", "name": "%s-root-1.qcow2" % name}}, record,
@@ -317,6 +322,75 @@ def test_managed_servers_count_their_flavor_snapshot(fake):
     assert "server_group" not in host["servers"][0]
     assert host["servers"][0]["flavor"] == "m1.small"
     assert host["unmanaged_domains"] == []
+
+
+def _volume(pool, name, size):
+    vol = FakeVolume(name, size)
+    pool.volumes[name] = vol
+    return vol
+
+
+def test_volumes_we_made_count_by_capacity_next_to_the_servers(fake):
+    """Data volumes, offloaded shelved disks, rescue disks and images copied for a migration all take disk on the
+    host; images the operator imported and volumes nobody recorded do not (issue 23)."""
+    instances = fake.pools["virtfleet-instances"]
+    for name in ("virtfleet-volumes", "virtfleet-images"):
+        fake.pools[name] = FakePool(name)  # same size as the instance pool: the same filesystem
+    records = RecordStore(fake)
+    records.ensure_pool()
+    _volume(fake.pools["virtfleet-volumes"], "data", 2 * GIB + 1)  # a partial GiB takes a whole one: 3
+    records.write("volume@virtfleet-volumes@data", {"pool": "virtfleet-volumes", "name": "data"})
+    _volume(fake.pools["virtfleet-volumes"], "by-hand", 50 * GIB)  # not ours: not counted as a volume
+    _volume(fake.pools["virtfleet-images"], "web-shelved-1.qcow2", 5 * GIB)
+    records.write("shelved-web", {"name": "web", "saved": {
+        "root": {"pool": "virtfleet-images", "name": "web-shelved-1.qcow2"}}})
+    _volume(fake.pools["virtfleet-images"], "copied.raw", GIB)
+    _volume(fake.pools["virtfleet-images"], "imported.qcow2", 7 * GIB)
+    records.write("images", {"virtfleet-images/copied.raw": {"source": "copied from qemu+ssh://other/system"},
+                             "virtfleet-images/imported.qcow2": {"source": "/srv/imported.qcow2"}})
+    _volume(instances, "db-rescue-1.qcow2", 2 * GIB)
+    fake.add_domain(managed_xml("db", disk_gb=10, more_volumes={
+        "rescue": {"pool": "virtfleet-instances", "name": "db-rescue-1.qcow2"}}))
+    host = host_info(fake)
+    kinds = dict(((v["pool"], v["name"]), (v["kind"], v["owner"], v["capacity_gb"], v["filesystem"]))
+                 for v in host["local_volumes"])
+    assert kinds == {
+        ("virtfleet-volumes", "data"): ("volume", "data", 3, 0),
+        ("virtfleet-images", "web-shelved-1.qcow2"): ("shelved", "web", 5, 0),
+        ("virtfleet-images", "copied.raw"): ("image_copy", None, 1, 0),
+        ("virtfleet-instances", "db-rescue-1.qcow2"): ("rescue", "db", 2, 0),
+    }
+    assert host["local_disk"] == {"servers_gb": 10, "unmanaged_gb": 0, "volumes_gb": 3 + 5 + 1 + 2,
+                                  "used_gb": 21, "allocation_gb": 20}
+    assert host["local_gb_used"] == 21 and host["capacity"]["disk_gb"]["used"] == 21
+    assert [fs["pools"] for fs in host["filesystems"]] == [
+        ["virtfleet-images", "virtfleet-instances", "virtfleet-volumes"]]
+    # The scheduler gets the same figure: 100 GB less 21 leaves room for a 79 GB server, not an 80 GB one.
+    assert not _capacity.check_fit(host, {"vcpus": 1, "ram_mb": 1, "disk_gb": 79})
+    assert _capacity.check_fit(host, {"vcpus": 1, "ram_mb": 1, "disk_gb": 80})
+    with pytest.raises(_scheduler.NoValidHost) as err:
+        _scheduler.Scheduler([host], seed=1).place({"name": "big", "flavor": {"vcpus": 1, "ram_mb": 1, "disk_gb": 80}})
+    assert "DiskFilter" in err.value.reasons["fake-host"]
+    assert _scheduler.Scheduler([host], seed=1).place(
+        {"name": "fits", "flavor": {"vcpus": 1, "ram_mb": 1, "disk_gb": 79}}).host == "fake-host"
+
+
+def test_a_pool_on_another_filesystem_is_a_capacity_of_its_own(fake):
+    fake.pools["vf-ssd"] = FakePool("vf-ssd", capacity=30 * GIB, available=29 * GIB)
+    records = RecordStore(fake)
+    records.ensure_pool()
+    _volume(fake.pools["vf-ssd"], "fast", 12 * GIB)
+    records.write("volume@vf-ssd@fast", {"pool": "vf-ssd", "name": "fast"})
+    converge_host(fake, {"disk_allocation_ratio": 2.0, "reserved_host_disk_mb": 10240})
+    host = host_info(fake)
+    assert host["local_gb_used"] == 0 and host["local_disk"]["volumes_gb"] == 0
+    other = host["filesystems"][1]
+    # The instance filesystem's reservation is not taken off another disk; the ratio applies to every disk.
+    assert (other["instance"], other["pools"], other["total_gb"], other["reserved_gb"], other["capacity_gb"],
+            other["used_gb"], other["free_gb"], other["allocation_gb"]) == (False, ["vf-ssd"], 30, 0, 60.0, 12, 48.0,
+                                                                            1)
+    assert host["filesystems"][0]["capacity_gb"] == (100 - 10) * 2.0
+    assert [v["filesystem"] for v in host["local_volumes"]] == [1]
 
 
 def test_dedicated_servers_take_host_cpus_and_list_their_pins(fake):

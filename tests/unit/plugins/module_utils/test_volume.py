@@ -268,10 +268,19 @@ def test_bad_input_names_the_field(client, overrides, field):
 
 # -- lifecycle ------------------------------------------------------------------------------------------------------
 
+def claim_steps(client, name, gb):
+    """The two steps around a volume's creation that claim its disk under the host's claim lock."""
+    host = client.hostname()
+    return ("claim %d GB disk for volume virtfleet-volumes/%s on host %s (checked again under the host's claim lock)"
+            % (gb, name, host),
+            "verify the claim of volume virtfleet-volumes/%s on host %s and release the claim lock" % (name, host))
+
+
 def test_create_grow_change_metadata_delete_each_in_four_steps(client):
     created = four_steps(client, params(metadata={"owner": "dba", "n": 3}))
-    assert created["actions"] == ["create volume virtfleet-volumes/data (64 MiB qcow2)",
-                                  "record volume virtfleet-volumes/data"]
+    claim, verify = claim_steps(client, "data", 1)  # 64 MiB takes a whole GB of the host's disk claim
+    assert created["actions"] == [claim, "create volume virtfleet-volumes/data (64 MiB qcow2)",
+                                  "record volume virtfleet-volumes/data", verify]
     volume = created["volume"]
     assert (volume["size"], volume["format"], volume["encrypted"], volume["status"]) == (64 * MIB, "qcow2", False,
                                                                                          "available")
@@ -339,7 +348,7 @@ def test_a_volume_deleted_behind_our_back_is_recreated_with_a_warning(client):
     converge_volume(client, params())
     client.delete_volume(vol_of(client))
     result = converge_volume(client, params())
-    assert result["actions"][0].startswith("create volume")
+    assert result["actions"][1].startswith("create volume")
     assert "created again, empty" in result["warnings"][0]
 
 
@@ -347,7 +356,7 @@ def test_a_volume_deleted_behind_our_back_is_recreated_with_a_warning(client):
 
 def test_copy_of_an_image_is_a_full_copy_at_least_as_large(client, base_image):
     copied = four_steps(client, params(size=None, source={"image": "base.qcow2"}, format="raw"))
-    assert copied["actions"][0] == ("copy image virtfleet-images/base.qcow2 into new volume virtfleet-volumes/data "
+    assert copied["actions"][1] == ("copy image virtfleet-images/base.qcow2 into new volume virtfleet-volumes/data "
                                     "(1 GiB raw)")
     assert client.copies == [("data", "base.qcow2", None)]
     assert copied["volume"]["source"] == {"image": "base.qcow2", "pool": "virtfleet-images"}
@@ -366,7 +375,7 @@ def test_copy_of_a_volume(client):
     converge_volume(client, params())
     client.upload_bytes(vol_of(client), b"payload")
     copied = converge_volume(client, params(name="data-copy", size=None, source={"volume": "data"}))
-    assert copied["actions"][0] == ("copy volume virtfleet-volumes/data into new volume virtfleet-volumes/data-copy "
+    assert copied["actions"][1] == ("copy volume virtfleet-volumes/data into new volume virtfleet-volumes/data-copy "
                                     "(64 MiB qcow2)")
     assert client.download_bytes(vol_of(client, "data-copy")) == b"payload"
 
@@ -393,8 +402,10 @@ def test_an_encrypted_volume_gets_a_private_secret_and_the_passphrase_goes_nowhe
     created = four_steps(client, params(passphrase=SECRET_WORDS[0]))
     assert created["actions"] == [
         "define libvirt secret for volume virtfleet-volumes/data",
+        claim_steps(client, "data", 1)[0],
         "create volume virtfleet-volumes/data (64 MiB qcow2, LUKS-encrypted)",
         "record volume virtfleet-volumes/data",
+        claim_steps(client, "data", 1)[1],
     ]
     record = record_of(client)
     secret = client.secrets[record["secret_uuid"]]
