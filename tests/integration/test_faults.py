@@ -1,0 +1,192 @@
+"""Faults injected into real converges (issue 13): a run that did not do its work never passes for success.
+
+Every test runs the real ``ansible-playbook playbooks/site.yml`` (or the module code) on a lab host of its own
+(tests/lab: a private libvirtd in its own mount namespace), so killing its daemon disturbs no other test. Servers
+boot the OS-less halt image (no guest OS, no network, no wait). Each test asserts the run's exit status and the
+message naming what failed, that nothing is left half-made (no volume without its domain, no domain without its
+volumes, no claim lock left), that the rerun converges, and that a second rerun reports changed=0.
+"""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.integration.conftest import PlaybookRun, _recap, ansible_env
+from tests.lab.conftest import running_lab
+from tests.lab.lab import HostSpec
+
+pytestmark = pytest.mark.lab
+
+PREFIX = "vf-flt-"
+HOST = PREFIX + "host"
+SITE = os.path.join(REPO_ROOT, "playbooks", "site.yml")
+BIN = os.path.dirname(sys.executable)
+TINY = {"name": "m1.flt", "vcpus": 1, "ram_mb": 64, "disk_gb": 1}
+
+
+@pytest.fixture(scope="module")
+def lab():
+    # 2 vCPUs (32 at the default 16:1 ratio), 10 GB of disk at 1:1: ten 1 GB servers fit, an eleventh does not.
+    with running_lab([HostSpec(HOST, memory_mb=2048, vcpus=2, disk_gb=10)], "faults") as lab:
+        yield lab
+
+
+@pytest.fixture()
+def cloud(lab, tmp_path):
+    """Writes the inventory and the declared state of a test; returns a function running site.yml on them."""
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(json.dumps({"all": {"children": {"compute": {"hosts": {"localhost": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+        "virtfleet_uri": lab.uri(HOST)}}}}}}))
+
+    def declare(servers, **more):
+        state = {
+            "virtfleet_images": [{"name": PREFIX + "halt", "src": lab.halt_image, "disk_format": "qcow2"}],
+            "virtfleet_flavors": [TINY],
+            "virtfleet_ssh_key": str(tmp_path / "id_ed25519"),
+            "virtfleet_login_user": "debian",
+            "virtfleet_servers": servers,
+        }
+        state.update(more)
+        path = tmp_path / "cloud.json"
+        path.write_text(json.dumps(state))
+        return [SITE, "-i", str(inventory), "-e", "@" + str(path)]
+
+    return declare
+
+
+def servers(count, first=1, **extra):
+    return [dict({"name": "%s%d" % (PREFIX, i), "flavor": TINY["name"], "image": PREFIX + "halt"}, **extra)
+            for i in range(first, first + count)]
+
+
+def run(cmd, timeout=600):
+    proc = subprocess.run([os.path.join(BIN, "ansible-playbook")] + cmd, capture_output=True, text=True,
+                          timeout=timeout, check=False,
+                          env=ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default"}))
+    return PlaybookRun(proc, _recap(proc.stdout))
+
+
+def start(cmd):
+    """ansible-playbook in the background (a session of its own, so a signal reaches only it and its workers)."""
+    return subprocess.Popen([os.path.join(BIN, "ansible-playbook")] + cmd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default"}))
+
+
+def finish(proc, timeout=600):
+    stdout, stderr = proc.communicate(timeout=timeout)
+    return PlaybookRun(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), _recap(stdout))
+
+
+def host_state(lab):
+    """What the lab host holds: {domain: (active, [volume names of its disks])}, the instance pool's volume names
+    and the records pool's volume names (where the claim lock lives)."""
+    import libvirt
+    import xml.etree.ElementTree as ET
+
+    conn = libvirt.open(lab.uri(HOST))
+    try:
+        domains = {}
+        for dom in conn.listAllDomains(0):
+            root = ET.fromstring(dom.XMLDesc(0))
+            # Disks are pool volumes (<source pool= volume=/>); a file disk under the pool's directory counts too.
+            disks = [s.get("volume") if s.get("volume") else os.path.basename(s.get("file") or "")
+                     for s in root.findall("devices/disk/source")]
+            domains[dom.name()] = (bool(dom.isActive()), disks)
+        pool = conn.storagePoolLookupByName("virtfleet-instances")
+        pool.refresh(0)
+        volumes = sorted(v.name() for v in pool.listAllVolumes(0))
+        records = conn.storagePoolLookupByName("virtfleet-records")
+        records.refresh(0)
+        record_names = sorted(v.name() for v in records.listAllVolumes(0))
+    finally:
+        conn.close()
+    return domains, volumes, record_names
+
+
+def assert_nothing_half_made(lab, expected=None):
+    """Every instance volume belongs to a domain, every domain's disks exist, no claim lock is held; with
+    ``expected``, exactly those servers exist and run."""
+    domains, volumes, records = host_state(lab)
+    used = set(path for _active, disks in domains.values() for path in disks)
+    assert sorted(set(volumes) - used) == [], "orphan volumes: %s" % (set(volumes) - used)
+    for name, (_active, disks) in domains.items():
+        missing = [vol for vol in disks if vol.startswith(name + "-") and vol not in volumes]
+        assert not missing, "%s lacks its volumes %s" % (name, missing)
+    assert not [r for r in records if r.endswith(".lock")], "a lock is left: %s" % records
+    if expected is not None:
+        assert sorted(domains) == sorted(expected), domains
+        assert all(active for active, _disks in domains.values()), domains
+    return domains
+
+
+def converge_again(cmd, names, lab):
+    """The rerun converges, and the one after it changes nothing."""
+    rerun = run(cmd).assert_ok()
+    assert_nothing_half_made(lab, names)
+    again = run(cmd).assert_ok()
+    assert again.stats["localhost"]["changed"] == 0, again.stdout[-4000:]
+    assert "0 created, 0 changed, 0 deleted (0 pruned), %d unchanged, 0 failed" % len(names) in again.stdout
+    return rerun
+
+
+def delete_all(cmd_for, lab):
+    domains, _volumes, _records = host_state(lab)
+    gone = [{"name": name, "state": "absent"} for name in domains if name.startswith(PREFIX)]
+    if gone:
+        run(cmd_for(gone)).assert_ok()
+    assert_nothing_half_made(lab, [])
+
+
+def test_libvirtd_killed_mid_converge_fails_the_run_and_the_rerun_converges(lab, cloud):
+    """Fault 1: libvirtd SIGKILLed once some servers of a batch exist, then restarted."""
+    declared = servers(8)
+    names = [s["name"] for s in declared]
+    cmd = cloud(declared)
+    killed = threading.Event()
+    done = threading.Event()
+
+    def kill_when_some_exist():
+        import libvirt
+
+        conn = libvirt.open(lab.uri(HOST))
+        try:
+            while not done.is_set():
+                if len([d for d in conn.listAllDomains(0) if d.name().startswith(PREFIX)]) >= 2:
+                    lab.kill(HOST)
+                    killed.set()
+                    return
+                time.sleep(0.05)
+        finally:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    killer = threading.Thread(target=kill_when_some_exist, daemon=True)
+    killer.start()
+    try:
+        first = run(cmd)
+    finally:
+        done.set()
+        killer.join(30)
+        lab.revive(HOST)
+    assert killed.is_set(), "the converge ended before libvirtd could be killed:\n" + first.stdout[-3000:]
+    out = first.stdout
+    assert first.rc != 0, out[-6000:]
+    # The host is named as failed with the module's own words, and the run's last step says so.
+    assert "host localhost: the converge failed: cannot " in out, out[-6000:]
+    assert "was not converged" not in out, out[-6000:]
+    assert "Fail the run if a server or a host's converge failed" in out
+    assert "the converge of localhost failed" in out, out[-6000:]
+    assert first.stats["localhost"]["failed"] >= 1, first.stats
+    try:
+        converge_again(cmd, names, lab)
+    finally:
+        delete_all(lambda gone: cloud(gone), lab)
