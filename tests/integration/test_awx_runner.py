@@ -220,7 +220,7 @@ def test_server_action_job_with_its_survey_answers(job, lab):
         assert failure["task"] == "Check the request"
         missing = run(private, "server_action.yml", extravars=dict(answers, server_action_server=PREFIX + "nope"))
         assert missing.status == "failed"
-        assert _events(missing, "runner_on_failed")[0]["task"] == "Note the server and its host"
+        assert _events(missing, "runner_on_failed")[-1]["task"] == "Fail unless exactly one host holds the server"
     finally:
         declare([dict(server, state="absent")])
         assert run(private, "converge.yml").status == "successful"

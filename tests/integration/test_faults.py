@@ -65,6 +65,11 @@ def servers(count, first=1, **extra):
             for i in range(first, first + count)]
 
 
+def flat(text):
+    """Output with every run of white space made one space: the callback wraps long lines of the report."""
+    return " ".join(text.split())
+
+
 def run(cmd, timeout=600):
     proc = subprocess.run([os.path.join(BIN, "ansible-playbook")] + cmd, capture_output=True, text=True,
                           timeout=timeout, check=False,
@@ -178,7 +183,7 @@ def test_libvirtd_killed_mid_converge_fails_the_run_and_the_rerun_converges(lab,
         killer.join(30)
         lab.revive(HOST)
     assert killed.is_set(), "the converge ended before libvirtd could be killed:\n" + first.stdout[-3000:]
-    out = first.stdout
+    out = flat(first.stdout)
     assert first.rc != 0, out[-6000:]
     # The host is named as failed with the module's own words, and the run's last step says so.
     assert "host localhost: the converge failed: cannot " in out, out[-6000:]
@@ -190,3 +195,85 @@ def test_libvirtd_killed_mid_converge_fails_the_run_and_the_rerun_converges(lab,
         converge_again(cmd, names, lab)
     finally:
         delete_all(lambda gone: cloud(gone), lab)
+
+
+# The shapes a registered `servers` result takes on each path: what Ansible registers when the module fails with a
+# message, when it dies (a traceback: a raw exception, a killed process), when the host is unreachable, when
+# servers fail one by one, and when everything worked.
+REPORT_PATHS = {
+    "module failure": ({"failed": True, "changed": False,
+                        "msg": "cannot get the host name on qemu:///system: End of file while reading data"},
+                       "host h1: the converge failed: cannot get the host name on qemu:///system: End of file"),
+    "module died": ({"failed": True, "changed": False, "rc": 1,
+                     "msg": "MODULE FAILURE: No start of json char found\nSee stdout/stderr for the exact error",
+                     "module_stdout": "",
+                     "module_stderr": "Traceback (most recent call last):\n  File \"x\", line 1\n"
+                                      "libvirt.libvirtError: internal error: client socket is closed\n"},
+                    "(libvirt.libvirtError: internal error: client socket is closed)"),
+    "unreachable": ({"unreachable": True, "changed": False,
+                     "msg": "Failed to connect to the host via ssh: Connection refused"},
+                    "host h1: the converge failed: Failed to connect to the host via ssh: Connection refused"),
+    "servers failed": ({"failed": True, "changed": True, "msg": "1 of 2 servers failed: b: no",
+                        "results": [{"name": "a", "result": "created", "state": "running", "pruned": False,
+                                     "server": {"state": "running"}},
+                                    {"name": "b", "result": "failed", "state": "running", "pruned": False,
+                                     "msg": "no"}]},
+                       "1 server(s) failed: b"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(REPORT_PATHS) + ["success"])
+def test_the_report_fails_the_run_on_every_failure_path(tmp_path, path):
+    """tasks/report.yml, given each kind of result the servers task can register: every failure fails the run
+    after the table, naming the host and the error; success passes."""
+    if path == "success":
+        result, expected = {"changed": False, "msg": "1 unchanged", "results": [
+            {"name": "a", "result": "unchanged", "state": "running", "pruned": False,
+             "server": {"state": "running"}}]}, "0 failed, 0 skipped; 1 servers on 2 hosts"
+    else:
+        result, expected = REPORT_PATHS[path]
+    playbook = tmp_path / "report.yml"
+    playbook.write_text(json.dumps([{
+        "name": "report", "hosts": "all", "gather_facts": False,
+        "tasks": [
+            {"name": "Stand in for the converge", "ansible.builtin.set_fact": {
+                "virtfleet_converge": "{{ converge_results[inventory_hostname] }}"}},
+            {"ansible.builtin.import_tasks": os.path.join(REPO_ROOT, "playbooks", "tasks", "report.yml")},
+        ]}]))
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(json.dumps({"all": {"hosts": {h: {"ansible_connection": "local",
+                                                           "ansible_python_interpreter": sys.executable}
+                                                       for h in ("h1", "h2")}}}))
+    ok = {"changed": False, "msg": "no servers", "results": []}
+    extra = {"converge_results": {"h1": result, "h2": ok}}
+    done = run([str(playbook), "-i", str(inventory), "-e", json.dumps(extra)], timeout=300)
+    assert expected in flat(done.stdout), done.stdout[-4000:]
+    if path == "success":
+        done.assert_ok()
+        assert "was not converged" not in done.stdout
+    else:
+        assert done.rc == 2, done.stdout[-4000:]
+        assert "was not converged" not in done.stdout, done.stdout[-4000:]
+        assert "Fail the run if a server or a host's converge failed" in done.stdout
+        assert ("the converge of h1 failed" if path != "servers failed" else "1 server(s) failed: b") \
+            in done.stdout.split("TASK [Fail the run")[1], done.stdout[-4000:]
+        assert done.stats["h1"]["failed"] == 1, done.stats
+
+
+def test_server_action_names_the_hosts_that_did_not_answer(lab, tmp_path):
+    """server_action.yml searches every compute host for the server: one whose libvirt does not answer is named,
+    with its error, instead of the run saying only that no host has the server."""
+    inventory = tmp_path / "hosts.yml"
+    local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory.write_text(json.dumps({"all": {"children": {"compute": {"hosts": {
+        "up": dict(local, virtfleet_uri=lab.uri(HOST)),
+        "down": dict(local, virtfleet_uri="qemu+unix:///system?socket=%s" % (tmp_path / "no-such-sock"))},
+    }}, "hosts": {"localhost": local}}}))
+    done = run([os.path.join(REPO_ROOT, "playbooks", "server_action.yml"), "-i", str(inventory),
+                "-e", json.dumps({"server_action_server": PREFIX + "nowhere", "server_action": "reboot"})],
+               timeout=300)
+    assert done.rc == 2, done.stdout[-4000:]
+    out = flat(done.stdout.split("TASK [Fail unless exactly one host holds the server]")[1])
+    assert "%snowhere is on no compute host that answered; these hosts did not answer and were not searched: " \
+           "down: uri: cannot connect to libvirt" % PREFIX in out, out[-4000:]
+    assert "up:" not in out.split("were not searched")[1]
