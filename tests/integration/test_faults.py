@@ -92,8 +92,9 @@ def finish(proc, timeout=600):
 def host_state(lab):
     """What the lab host holds: {domain: (active, [volume names of its disks])}, the instance pool's volume names
     and the records pool's volume names (where the claim lock lives)."""
-    import libvirt
     import xml.etree.ElementTree as ET
+
+    import libvirt
 
     conn = libvirt.open(lab.uri(HOST))
     try:
