@@ -278,3 +278,96 @@ def test_server_action_names_the_hosts_that_did_not_answer(lab, tmp_path):
     assert "%snowhere is on no compute host that answered; these hosts did not answer and were not searched: " \
            "down: uri: cannot connect to libvirt" % PREFIX in out, out[-4000:]
     assert "up:" not in out.split("were not searched")[1]
+
+
+def failed_rows(out):
+    """{server: message} of the report table's failed rows (the callback wraps a long row onto indented lines)."""
+    table = out.split("TASK [Servers of this run, where they run and what happened]")[1].split("TASK [")[0]
+    entries = []
+    for line in table.splitlines()[2:]:
+        if line.strip().startswith("- "):
+            entries.append(line.strip()[2:])
+        elif entries and line.strip():
+            entries[-1] += " " + line.strip()
+    rows = {}
+    for entry in entries:
+        parts = entry.strip("'").split(None, 3)
+        if len(parts) == 4 and parts[0].startswith(PREFIX) and parts[3].startswith("failed"):
+            rows[parts[0]] = parts[3]
+    return rows
+
+
+def test_a_build_that_cannot_start_is_rolled_back(lab, cloud):
+    """Fault 5: the domain is defined but cannot start (huge pages the host does not have): everything this run
+    made for the server is removed, its claim released; the other servers of the batch are built."""
+    huge = {"name": "m1.flt-huge", "vcpus": 1, "ram_mb": 64, "disk_gb": 1, "extra_specs": {"hw:mem_page_size": "large"}}
+    declared = servers(2) + [{"name": PREFIX + "huge", "flavor": huge["name"], "image": PREFIX + "halt"}]
+    first = run(cloud(declared, virtfleet_flavors=[TINY, huge]))
+    out = flat(first.stdout)
+    try:
+        assert first.rc == 2, first.stdout[-6000:]
+        assert "1 server(s) failed: %shuge" % PREFIX in out, first.stdout[-6000:]
+        rows = failed_rows(first.stdout)
+        assert list(rows) == [PREFIX + "huge"], first.stdout[-6000:]
+        assert "cannot start %shuge" % PREFIX in rows[PREFIX + "huge"], rows
+        assert "hugetlbfs filesystem is not mounted" in rows[PREFIX + "huge"], rows
+        # Nothing of it is left: no domain, no volume, no lock; the two others run.
+        assert_nothing_half_made(lab, [PREFIX + "1", PREFIX + "2"])
+        _domains, volumes, _records = host_state(lab)
+        assert not [v for v in volumes if v.startswith(PREFIX + "huge")], volumes
+        # Declared with a flavor the host can start, it is built, and the run after that changes nothing.
+        fixed = servers(2) + [{"name": PREFIX + "huge", "flavor": TINY["name"], "image": PREFIX + "halt"}]
+        converge_again(cloud(fixed), [s["name"] for s in fixed], lab)
+    finally:
+        delete_all(lambda gone: cloud(gone), lab)
+
+
+def test_concurrent_converges_of_one_state_make_each_server_once(lab, cloud):
+    """Fault 7a: two ansible-playbook runs of the same declared state at once: each server exists once, nothing is
+    orphaned, and a run that lost a race says which server and why."""
+    declared = servers(4)
+    names = [s["name"] for s in declared]
+    cmd = cloud(declared)
+    try:
+        runs = [finish(p) for p in [start(cmd), start(cmd)]]
+        for one in runs:
+            assert one.rc in (0, 2), one.stdout[-4000:]
+            if one.rc == 2:
+                rows = failed_rows(one.stdout)
+                assert rows, one.stdout[-6000:]
+                for name, msg in rows.items():
+                    assert name in names and len(msg) > len("failed: "), rows
+        assert_nothing_half_made(lab, names)
+        converge_again(cmd, names, lab)
+    finally:
+        delete_all(lambda gone: cloud(gone), lab)
+
+
+def test_concurrent_converges_racing_for_the_last_capacity_never_oversubscribe(lab, cloud, tmp_path):
+    """Fault 7b: two different states whose servers fit the host only in part (10 GB of disk, 1 GB each, six
+    servers each): exactly ten are built, each server that did not fit fails with the capacity it lacked."""
+    first = servers(6)
+    second = servers(6, first=11)
+    cmd_a = cloud(first)
+    # A second state file (cloud() writes one per test): the same cloud with the other servers.
+    state_b = tmp_path / "cloud-b.json"
+    state_b.write_text(json.dumps(dict(json.loads((tmp_path / "cloud.json").read_text()), virtfleet_servers=second)))
+    cmd_b = cmd_a[:-1] + ["@" + str(state_b)]
+    try:
+        runs = [finish(p) for p in [start(cmd_a), start(cmd_b)]]
+        domains = assert_nothing_half_made(lab)
+        mine = sorted(d for d in domains if d.startswith(PREFIX))
+        assert len(mine) == 10, (mine, [r.stdout[-3000:] for r in runs])
+        failed = {}
+        for one in runs:
+            failed.update(failed_rows(one.stdout))
+        assert len(failed) == 2 and not set(failed) & set(mine), (failed, mine)
+        for name, msg in failed.items():
+            assert "does not fit on host" in msg and "disk" in msg, (name, msg)
+        assert sorted(r.rc for r in runs) in ([0, 2], [2, 2]), [r.rc for r in runs]
+        # The rerun of either state changes nothing more: what did not fit still does not, and says so.
+        again = run(cmd_a)
+        assert_nothing_half_made(lab, mine)
+        assert again.stats["localhost"]["changed"] == 0
+    finally:
+        delete_all(lambda gone: cloud(gone), lab)
