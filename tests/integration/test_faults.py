@@ -116,10 +116,11 @@ def host_state(lab):
     return domains, volumes, record_names
 
 
-def assert_nothing_half_made(lab, expected=None):
+def assert_nothing_half_made(lab, expected=None, foreign=()):
     """Every instance volume belongs to a domain, every domain's disks exist, no claim lock is held; with
-    ``expected``, exactly those servers exist and run."""
+    ``expected``, exactly those servers exist and run. ``foreign``: files the test itself put in the pool."""
     domains, volumes, records = host_state(lab)
+    volumes = [v for v in volumes if v not in foreign]
     used = set(path for _active, disks in domains.values() for path in disks)
     assert sorted(set(volumes) - used) == [], "orphan volumes: %s" % (set(volumes) - used)
     for name, (_active, disks) in domains.items():
@@ -369,5 +370,174 @@ def test_concurrent_converges_racing_for_the_last_capacity_never_oversubscribe(l
         again = run(cmd_a)
         assert_nothing_half_made(lab, mine)
         assert again.stats["localhost"]["changed"] == 0
+    finally:
+        delete_all(lambda gone: cloud(gone), lab)
+
+
+HOLDER = """
+import sys, time
+sys.path.insert(0, %(collections)r)
+from ansible_collections.virtfleet.compute.plugins.module_utils._claims import ClaimLock
+from ansible_collections.virtfleet.compute.plugins.module_utils._libvirt_client import LibvirtClient
+lock = ClaimLock(LibvirtClient(%(uri)r))
+lock.acquire()
+print("held", flush=True)
+time.sleep(3600)
+"""
+
+
+def hold_lock_and_die(lab):
+    """A claimant that takes the host's claim lock and is SIGKILLed holding it (a killed ansible-playbook)."""
+    from tests.conftest import COLLECTIONS_PATH
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER % {"collections": COLLECTIONS_PATH, "uri": lab.uri(HOST)}],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+    finally:
+        proc.kill()
+        proc.wait(10)
+    _domains, _volumes, records = host_state(lab)
+    assert "claim.lock" in records, records
+
+
+def test_a_stale_lock_is_taken_over_by_one_waiter_at_a_time(lab):
+    """Fault 8a: two claimants wait on a lock left by a killed process; after the lock's ttl one breaks it, and
+    the two then hold it one after the other, never both at once."""
+    from ansible_collections.virtfleet.compute.plugins.module_utils._claims import ClaimLock
+    from ansible_collections.virtfleet.compute.plugins.module_utils._libvirt_client import LibvirtClient
+
+    hold_lock_and_die(lab)
+    held = []
+    errors = []
+
+    def claimant():
+        client = LibvirtClient(lab.uri(HOST))
+        lock = ClaimLock(client, ttl=2.0, timeout=30.0)
+        try:
+            lock.acquire()
+            start = time.monotonic()
+            time.sleep(1.0)
+            held.append((start, time.monotonic(), list(lock.broken)))
+            lock.release()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=claimant) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert len(held) == 2, held
+    (start_a, end_a, broken_a), (start_b, end_b, broken_b) = sorted(held)
+    assert end_a <= start_b, "two holders at once: %s" % held
+    # The dead claimant's lock was broken once, and it named its owner (host:pid) for the record.
+    assert len(broken_a + broken_b) == 1 and ":" in (broken_a + broken_b)[0], held
+    assert_nothing_half_made(lab)
+
+
+def test_a_converge_takes_over_a_stale_lock_after_its_ttl(lab, cloud):
+    """Fault 8b: site.yml finds the claim lock of a killed run; it waits the lock's ttl (60 s), breaks it, and
+    converges; the run after changes nothing."""
+    declared = servers(1)
+    cmd = cloud(declared)
+    hold_lock_and_die(lab)
+    began = time.monotonic()
+    try:
+        converge_again(cmd, [s["name"] for s in declared], lab)
+        assert time.monotonic() - began >= 55, "the lock was broken before its ttl"
+    finally:
+        delete_all(lambda gone: cloud(gone), lab)
+
+
+@pytest.mark.parametrize("signals", [("SIGINT",), ("SIGINT", "SIGTERM")])
+def test_an_interrupted_converge_leaves_the_next_run_free_to_proceed(lab, cloud, signals):
+    """Fault 3: ansible-playbook interrupted (Ctrl-C: SIGINT to its process group, then SIGTERM if it still
+    runs) once some servers of a batch exist: the run fails, the lock is released or expires, and the next run
+    converges with nothing orphaned."""
+    import signal
+
+    declared = servers(8)
+    names = [s["name"] for s in declared]
+    cmd = cloud(declared)
+    proc = start(cmd)
+    try:
+        import libvirt
+
+        conn = libvirt.open(lab.uri(HOST))
+        try:
+            deadline = time.monotonic() + 300
+            while len([d for d in conn.listAllDomains(0) if d.name().startswith(PREFIX)]) < 2:
+                assert proc.poll() is None and time.monotonic() < deadline, "the converge ended before the signal"
+                time.sleep(0.05)
+        finally:
+            conn.close()
+        for name in signals:
+            os.killpg(proc.pid, getattr(signal, name))
+            try:
+                proc.wait(5)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        interrupted = finish(proc, timeout=120)
+        assert interrupted.rc != 0, interrupted.stdout[-3000:]
+        converge_again(cmd, names, lab)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        delete_all(lambda gone: cloud(gone), lab)
+
+
+def in_host(lab, *cmd):
+    """Run a command in the lab host's mount namespace (where its /var/lib/libvirt is)."""
+    pid = lab.state["hosts"][HOST]["libvirtd_pid"]
+    return subprocess.run(["nsenter", "-t", str(pid), "-m", "--"] + list(cmd), check=True, capture_output=True,
+                          text=True).stdout
+
+
+def test_a_full_instance_pool_fails_the_build_and_leaves_nothing(lab, cloud):
+    """Fault 6: the instance pool's filesystem is full (a loop-mounted ext4 of 1.5 GiB, filled but for 64 KiB):
+    the claim passes (the pool's capacity is 1 GB, the host reserves none), the first volume cannot be written;
+    the error says so, the build is undone, nothing is orphaned. With the space back, the rerun converges."""
+    pool_dir = "/var/lib/libvirt/virtfleet/instances"
+    assert_nothing_half_made(lab, [])
+    image = os.path.join(lab.dir, "flt-pool.img")
+    subprocess.check_call(["truncate", "-s", "1536M", image])
+    subprocess.check_call(["mkfs.ext4", "-q", "-F", "-m", "0", image])
+    declared = servers(1)
+    names = [s["name"] for s in declared]
+    mounted = False
+    try:
+        in_host(lab, "mount", "-o", "loop", image, pool_dir)
+        mounted = True
+        in_host(lab, "rmdir", pool_dir + "/lost+found")
+        in_host(lab, "chmod", "0755", pool_dir)
+        blocks, size = in_host(lab, "stat", "-f", "-c", "%a %S", pool_dir).split()
+        free = int(blocks) * int(size)
+        in_host(lab, "fallocate", "-l", str(free - 64 * 1024), pool_dir + "/flt-filler")
+        first = run(cloud(declared, virtfleet_hosts=[{"name": "localhost", "reserved_host_disk_mb": 0}]))
+        assert first.rc == 2, first.stdout[-6000:]
+        rows = failed_rows(first.stdout)
+        assert list(rows) == names, first.stdout[-6000:]
+        assert "No space left on device" in rows[names[0]], rows
+        assert_nothing_half_made(lab, [], foreign={"flt-filler"})
+    finally:
+        if mounted:
+            in_host(lab, "umount", pool_dir)
+        os.unlink(image)
+        import libvirt
+
+        conn = libvirt.open(lab.uri(HOST))
+        try:
+            conn.storagePoolLookupByName("virtfleet-instances").refresh(0)
+        finally:
+            conn.close()
+        lab.set_host_record(HOST)
+    try:
+        converge_again(cloud(declared), names, lab)
     finally:
         delete_all(lambda gone: cloud(gone), lab)
