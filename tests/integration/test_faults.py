@@ -292,7 +292,8 @@ def failed_rows(out):
             entries[-1] += " " + line.strip()
     rows = {}
     for entry in entries:
-        parts = entry.strip("'").split(None, 3)
+        # A row the callback prints as a block scalar ("|-" then the text) or quoted.
+        parts = entry.lstrip("|->").strip().strip("'").split(None, 3)
         if len(parts) == 4 and parts[0].startswith(PREFIX) and parts[3].startswith("failed"):
             rows[parts[0]] = parts[3]
     return rows
