@@ -196,7 +196,7 @@ def test_libvirtd_killed_mid_converge_fails_the_run_and_the_rerun_converges(lab,
     try:
         converge_again(cmd, names, lab)
     finally:
-        delete_all(lambda gone: cloud(gone), lab)
+        delete_all(cloud, lab)
 
 
 # The shapes a registered `servers` result takes on each path: what Ansible registers when the module fails with a
@@ -321,7 +321,7 @@ def test_a_build_that_cannot_start_is_rolled_back(lab, cloud):
         fixed = servers(2) + [{"name": PREFIX + "huge", "flavor": TINY["name"], "image": PREFIX + "halt"}]
         converge_again(cloud(fixed), [s["name"] for s in fixed], lab)
     finally:
-        delete_all(lambda gone: cloud(gone), lab)
+        delete_all(cloud, lab)
 
 
 def test_concurrent_converges_of_one_state_make_each_server_once(lab, cloud):
@@ -342,7 +342,7 @@ def test_concurrent_converges_of_one_state_make_each_server_once(lab, cloud):
         assert_nothing_half_made(lab, names)
         converge_again(cmd, names, lab)
     finally:
-        delete_all(lambda gone: cloud(gone), lab)
+        delete_all(cloud, lab)
 
 
 def test_concurrent_converges_racing_for_the_last_capacity_never_oversubscribe(lab, cloud, tmp_path):
@@ -372,7 +372,7 @@ def test_concurrent_converges_racing_for_the_last_capacity_never_oversubscribe(l
         assert_nothing_half_made(lab, mine)
         assert again.stats["localhost"]["changed"] == 0
     finally:
-        delete_all(lambda gone: cloud(gone), lab)
+        delete_all(cloud, lab)
 
 
 HOLDER = """
@@ -426,7 +426,7 @@ def test_a_stale_lock_is_taken_over_by_one_waiter_at_a_time(lab):
         finally:
             client.close()
 
-    threads = [threading.Thread(target=claimant) for _ in range(2)]
+    threads = [threading.Thread(target=claimant) for _index in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -451,7 +451,7 @@ def test_a_converge_takes_over_a_stale_lock_after_its_ttl(lab, cloud):
         converge_again(cmd, [s["name"] for s in declared], lab)
         assert time.monotonic() - began >= 55, "the lock was broken before its ttl"
     finally:
-        delete_all(lambda gone: cloud(gone), lab)
+        delete_all(cloud, lab)
 
 
 @pytest.mark.parametrize("signals", [("SIGINT",), ("SIGINT", "SIGTERM")])
@@ -490,7 +490,7 @@ def test_an_interrupted_converge_leaves_the_next_run_free_to_proceed(lab, cloud,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-        delete_all(lambda gone: cloud(gone), lab)
+        delete_all(cloud, lab)
 
 
 def in_host(lab, *cmd):
@@ -541,4 +541,4 @@ def test_a_full_instance_pool_fails_the_build_and_leaves_nothing(lab, cloud):
     try:
         converge_again(cloud(declared), names, lab)
     finally:
-        delete_all(lambda gone: cloud(gone), lab)
+        delete_all(cloud, lab)
