@@ -196,7 +196,14 @@ class RecordLock:
         vol = self.client.lookup_volume(pool, self.volume_name)
         if vol is None or self._read(vol) != stale:
             return False
-        return self.client.delete_volume_if_exists(vol)
+        try:
+            return self.client.delete_volume_if_exists(vol)
+        except LibvirtOperationError:
+            # Another waiter broke the same stale lock between our read and our delete and is creating its own
+            # ("volume is still being allocated"): that lock is live, leave it. Anything else is a real error.
+            if self._content(pool) not in (None, stale):
+                return False
+            raise
 
 
 def ClaimLock(client, **kwargs):  # noqa: N802 - reads as the class it returns

@@ -267,7 +267,7 @@ def _pool_figures(client, pool_name):
     figures = {"name": pool_name, "found": False, "capacity": 0, "allocation": 0, "available": 0,
                "capacity_gb": 0, "allocation_gb": 0, "available_gb": 0}
     pool = client.find_pool(pool_name)
-    if pool is None or not pool.isActive():
+    if pool is None or not client.pool_active(pool):
         return figures
     info = client.pool_info(pool)
     figures.update(found=True, capacity=info["capacity"], allocation=info["allocation"],

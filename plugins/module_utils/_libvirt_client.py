@@ -174,6 +174,19 @@ class LibvirtClient:
     def domain_name(self, dom):
         return dom.name()
 
+    def pool_name(self, pool):
+        return pool.name()
+
+    def pool_active(self, pool):
+        """Whether the pool is started: a call to the daemon, so a lost connection says so in our words."""
+        return bool(self._call("read the state of pool %s" % pool.name(), pool.isActive))
+
+    def volume_name(self, vol):
+        return vol.name()
+
+    def network_name(self, net):
+        return net.name()
+
     def domain_uuid(self, dom):
         return dom.UUIDString()
 
@@ -483,10 +496,10 @@ class LibvirtClient:
         return self._call("read network %s" % net.name(), net.XMLDesc, flags)
 
     def network_active(self, net):
-        return bool(net.isActive())
+        return bool(self._call("read the state of network %s" % net.name(), net.isActive))
 
     def network_autostart(self, net):
-        return bool(net.autostart())
+        return bool(self._call("read the autostart flag of network %s" % net.name(), net.autostart))
 
     def network_leases(self, net):
         try:

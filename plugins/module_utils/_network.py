@@ -740,7 +740,7 @@ def converge_network(client, params, check_mode=False, diff_mode=False):
 def network_info(client, params):
     """The ``network_info`` module: every network, or the one named; never fails because a name is missing."""
     name = params.get("name")
-    names = [name] if name else sorted(net.name() for net in client.list_networks())
+    names = [name] if name else sorted(client.network_name(net) for net in client.list_networks())
     networks = []
     for item in names:
         view = network_view(client, item, users=True, leases=True)

@@ -19,10 +19,10 @@ POOL_TYPES = ("dir",)
 def pool_view(client, pool):
     root = ET.fromstring(client.pool_xml(pool))
     view = {
-        "name": pool.name(),
+        "name": client.pool_name(pool),
         "type": root.get("type"),
         "path": (root.findtext("target/path") or "").rstrip("/") or None,
-        "active": bool(pool.isActive()),
+        "active": client.pool_active(pool),
         "autostart": client.pool_autostart(pool),
     }
     if view["active"]:
@@ -46,7 +46,7 @@ def plan_pool(client, params):
     plan.before = _diff_view(pool_view(client, pool)) if pool is not None else {}
     if state == "absent":
         if pool is not None:
-            if pool.isActive():
+            if client.pool_active(pool):
                 plan.add("stop pool %s" % name, lambda: client.stop_pool(pool))
             plan.add("undefine pool %s (its files stay on disk)" % name, lambda: client.undefine_pool(pool))
         plan.after = {}

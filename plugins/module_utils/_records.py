@@ -33,7 +33,7 @@ class RecordStore:
     def _find_pool(self):
         if self._pool is None:
             pool = self.client.find_pool(self.pool_name)
-            if pool is not None and pool.isActive():
+            if pool is not None and self.client.pool_active(pool):
                 self._pool = pool
         return self._pool
 
@@ -52,7 +52,7 @@ class RecordStore:
             ET.SubElement(target, "path").text = path
             pool = self.client.define_pool(ET.tostring(root, encoding="unicode"))
             self.client.build_pool(pool)
-        if not pool.isActive():
+        if not self.client.pool_active(pool):
             self.client.start_pool(pool)
         self.client.set_pool_autostart(pool, True)
         self._pool = pool

@@ -605,7 +605,7 @@ class ServerPlanner:
                 ref = record.volumes.get(role)
                 if ref is None and size:
                     name = volume_name(req.name, domain.uuid, role)
-                    new_record.volumes[role] = {"pool": pool.name(), "name": name}
+                    new_record.volumes[role] = {"pool": client.pool_name(pool), "name": name}
                     offline_steps.append(("create %s disk %s" % (role, name),
                                           _create_blank_step(client, pool, name, size),
                                           _delete_volume_step(client, new_record.volumes[role], req.name)))
@@ -693,7 +693,7 @@ class ServerPlanner:
         client = self.client
         vol = client.lookup_volume(pool, ref["name"])
         if vol is None:
-            raise NotFoundError("the %s disk %s/%s of %s is missing" % (role, pool.name(), ref["name"],
+            raise NotFoundError("the %s disk %s/%s of %s is missing" % (role, client.pool_name(pool), ref["name"],
                                                                         actual.domain.name))
         current = client.volume_info(vol)["capacity"]
         if wanted == 0:

@@ -494,7 +494,7 @@ class ActionRunner:
             ref = record.volumes.get(role)
             if ref is None and size:
                 name = volume_name(req.name, domain.uuid, role)
-                volumes[role] = {"pool": pool.name(), "name": name}
+                volumes[role] = {"pool": client.pool_name(pool), "name": name}
                 created.append(role)
                 disk_steps.append(("create %s disk %s (%s)" % (role, name, _size_text(size)),
                                    _create_blank(client, pool, name, size),
@@ -513,7 +513,7 @@ class ActionRunner:
                 extra["resize_created_volumes"] = ",".join(created)
         new_record = _record_with(record, flavor=new, volumes=volumes, extra=extra)
         xml = self._render(actual, new, new_record, volumes)
-        claim = Claim(client, req.name, new, old_flavor=current, instance_pool=pool.name())
+        claim = Claim(client, req.name, new, old_flavor=current, instance_pool=client.pool_name(pool))
 
         running = power == "running"
         if restart and running:
@@ -539,7 +539,8 @@ class ActionRunner:
         client = self.client
         vol = client.lookup_volume(pool, ref["name"])
         if vol is None:
-            raise NotFoundError("the %s disk %s/%s of %s is missing" % (role, pool.name(), ref["name"], self.req.name))
+            raise NotFoundError("the %s disk %s/%s of %s is missing"
+                                % (role, client.pool_name(pool), ref["name"], self.req.name))
         current = client.volume_info(vol)["capacity"]
         if not wanted or wanted == current:
             return
@@ -718,7 +719,7 @@ class ActionRunner:
         image_ref = self._image_ref(record)
         image = self._image(client, image_ref)
         pool = client.lookup_pool(record.volumes["root"]["pool"], field="instance_pool")
-        ref = {"pool": pool.name(), "name": "%s-rescue-%s.qcow2" % (req.name, domain.uuid.split("-")[0])}
+        ref = {"pool": client.pool_name(pool), "name": "%s-rescue-%s.qcow2" % (req.name, domain.uuid.split("-")[0])}
         if client.lookup_volume(pool, ref["name"]) is not None:
             raise ConflictError("volume %s/%s already exists: left over from an earlier rescue? Delete it first"
                                 % (ref["pool"], ref["name"]), field="name")
@@ -1503,12 +1504,13 @@ class ActionRunner:
         image = self._image(dst, image_ref)
         root_bytes = root_size(flavor, image)
         pool = dst.lookup_pool(req.instance_pool, field="instance_pool")
-        volumes = {"root": {"pool": pool.name(), "name": volume_name(req.name, uuid, "root")},
-                   "config": {"pool": pool.name(), "name": volume_name(req.name, uuid, "config")}}
+        volumes = {"root": {"pool": dst.pool_name(pool), "name": volume_name(req.name, uuid, "root")},
+                   "config": {"pool": dst.pool_name(pool), "name": volume_name(req.name, uuid, "config")}}
         if flavor.ephemeral_gb:
-            volumes["ephemeral"] = {"pool": pool.name(), "name": volume_name(req.name, uuid, "ephemeral")}
+            volumes["ephemeral"] = {"pool": dst.pool_name(pool),
+                                    "name": volume_name(req.name, uuid, "ephemeral")}
         if flavor.swap_mb:
-            volumes["swap"] = {"pool": pool.name(), "name": volume_name(req.name, uuid, "swap")}
+            volumes["swap"] = {"pool": dst.pool_name(pool), "name": volume_name(req.name, uuid, "swap")}
         for ref in volumes.values():
             if dst.lookup_volume(pool, ref["name"]) is not None:
                 raise ConflictError("volume %s/%s already exists on %s" % (ref["pool"], ref["name"], dst.uri),
@@ -1535,7 +1537,7 @@ class ActionRunner:
                                  "network configuration only. Pass user_data and ssh_authorized_keys to give the "
                                  "rebuilt server its cloud-init data again" % req.name)
         ip_steps, _releases = self._fixed_ip_moves(None, dst, nics, record.hostname, source_down=True)
-        claim = Claim(dst, req.name, flavor, instance_pool=pool.name())
+        claim = Claim(dst, req.name, flavor, instance_pool=dst.pool_name(pool))
 
         plan.add("create root disk (%s qcow2 overlay on %s/%s) on %s"
                  % (_size_text(root_bytes), image_ref["pool"], image_ref["name"], dst.uri),

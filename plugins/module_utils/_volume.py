@@ -152,7 +152,7 @@ class VolumeStore:
 
     def list(self):
         pool = self.client.find_pool(self.records.pool_name)
-        if pool is None or not pool.isActive():
+        if pool is None or not self.client.pool_active(pool):
             return []
         out = []
         for vol in self.client.list_volumes(pool):
@@ -270,7 +270,7 @@ def volume_users(client):
 
     users = {}
     for dom in client.list_domains():
-        name = dom.name()
+        name = client.domain_name(dom)
         running = client.domain_active(dom)
         seen = set()
         documents = [(client.domain_xml(dom, inactive=True), False)]
@@ -316,7 +316,7 @@ def attachment_facts(client, store, pool_name, name, field):
     """What an attachment of this volume needs (format, serial, secret, shareable); refuses a volume that cannot be
     attached: missing, not created by the volume module, mid-rotation, or encrypted with its secret gone."""
     pool = client.find_pool(pool_name)
-    if pool is None or not pool.isActive():
+    if pool is None or not client.pool_active(pool):
         raise NotFoundError("storage pool '%s' does not exist or is not active on %s" % (pool_name, client.uri),
                             field=field + ".pool")
     record = store.read(pool_name, name)
@@ -439,7 +439,7 @@ class VolumePlanner:
                                     "option), then delete it" % (req.pool, req.name, _names(users)), field="name")
         tmp = self._tmp_volume(pool) if record.get("rotation") else None
         if tmp is not None:
-            plan.add("delete %s/%s (left by an interrupted passphrase rotation)" % (req.pool, tmp.name()),
+            plan.add("delete %s/%s (left by an interrupted passphrase rotation)" % (req.pool, client.volume_name(tmp)),
                      lambda: client.delete_volume(tmp))
         if vol is not None:
             plan.add("delete volume %s/%s" % (req.pool, req.name), lambda: client.delete_volume(vol))
@@ -918,7 +918,7 @@ def converge_volume(client, params, check_mode=False, diff_mode=False):
 
 def _lookup(client, pool_name, name):
     pool = client.find_pool(pool_name)
-    if pool is None or not pool.isActive():
+    if pool is None or not client.pool_active(pool):
         return None
     return client.lookup_volume(pool, name)
 

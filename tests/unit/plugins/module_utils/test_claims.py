@@ -22,6 +22,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     CapacityError,
     ConflictError,
     HostUnavailableError,
+    LibvirtOperationError,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._flavor import Flavor
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import taken_cpus
@@ -184,6 +185,31 @@ def test_stale_lock_is_broken_after_ttl_of_the_same_owner(fake):
     assert "claim.lock" in fake.pools[RECORDS_POOL].volumes
     waiter.release()
     assert "claim.lock" not in fake.pools[RECORDS_POOL].volumes
+
+
+def test_a_stale_lock_broken_by_another_waiter_at_the_same_moment_is_left_to_it(fake):
+    """Two waiters break the same stale lock: the one whose delete meets the other's new lock (libvirt: "volume is
+    still being allocated") leaves it alone and waits for it, instead of failing its claim."""
+    dead = ClaimLock(fake)
+    dead.acquire()
+    clock = FakeClock()
+    original = fake.delete_volume_if_exists
+    raced = []
+
+    def other_waiter_wins(vol):
+        if not raced:
+            raced.append(True)
+            vol.data = json.dumps({"token": "other", "owner": "ctl:7", "since": "now"}).encode()
+            raise LibvirtOperationError("cannot delete volume claim.lock on fake:///host: Requested operation is not "
+                                        "valid: volume 'claim.lock' is still being allocated.")
+        return original(vol)
+
+    fake.delete_volume_if_exists = other_waiter_wins
+    waiter = ClaimLock(fake, ttl=60, timeout=300, clock=clock, sleep=clock.sleep)
+    waiter.acquire()
+    # The other waiter's lock is waited for like any other (here it never releases: its ttl runs out in turn).
+    assert raced and waiter.held and clock.now >= 120
+    assert len(waiter.broken) == 1 and "ctl:7" in waiter.broken[0]
 
 
 def test_a_lock_without_owner_yet_is_also_broken_when_it_stays_so(fake):

@@ -174,6 +174,13 @@ class FakeHost:
             raise NotFoundError("storage pool '%s' does not exist" % name, field=field)
         return pool
 
+    def pool_active(self, pool):
+        self._check_up()
+        return pool.active
+
+    def pool_name(self, pool):
+        return pool.name()
+
     def pool_info(self, pool):
         return {"active": pool.active, "capacity": pool.capacity, "allocation": pool.capacity - pool.available,
                 "available": pool.available}
