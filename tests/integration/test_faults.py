@@ -299,28 +299,54 @@ def failed_rows(out):
     return rows
 
 
+def _fail_starts_of(lab, name):
+    """A QEMU hook on the lab host that refuses to start domain ``name`` while a flag file exists: a start failure
+    no planning can foresee (libvirt runs /etc/libvirt/hooks/qemu before it prepares a domain, and gives up when
+    the hook fails). libvirt looks for hook scripts when it starts, so the host's daemon is restarted. Returns the
+    flag file; removing it lets the domain start again."""
+    root = lab.host_dir(HOST)
+    flag = os.path.join(root, "fail-start-" + name)
+    hooks = os.path.join(root, "etc", "hooks")
+    os.makedirs(hooks, exist_ok=True)
+    hook = os.path.join(hooks, "qemu")
+    with open(hook, "w") as handle:
+        handle.write("#!/bin/sh\n"
+                     "if [ \"$1\" = \"%s\" ] && [ \"$2\" = prepare ] && [ -e %s ]; then\n"
+                     "  echo 'injected start failure' >&2; exit 1\n"
+                     "fi\n"
+                     "exit 0\n" % (name, flag))
+    os.chmod(hook, 0o755)
+    open(flag, "w").close()
+    lab.kill(HOST)
+    lab.revive(HOST)
+    return flag
+
+
 def test_a_build_that_cannot_start_is_rolled_back(lab, cloud):
-    """Fault 5: the domain is defined but cannot start (huge pages the host does not have): everything this run
-    made for the server is removed, its claim released; the other servers of the batch are built."""
-    huge = {"name": "m1.flt-huge", "vcpus": 1, "ram_mb": 64, "disk_gb": 1, "extra_specs": {"hw:mem_page_size": "large"}}
-    declared = servers(2) + [{"name": PREFIX + "huge", "flavor": huge["name"], "image": PREFIX + "halt"}]
-    first = run(cloud(declared, virtfleet_flavors=[TINY, huge]))
-    out = flat(first.stdout)
+    """Fault 5: the domain is defined but cannot start (a hook on the host refuses it): everything this run made
+    for the server is removed, its claim released; the other servers of the batch are built."""
+    name = PREFIX + "nostart"
+    flag = _fail_starts_of(lab, name)
+    declared = servers(2) + [{"name": name, "flavor": TINY["name"], "image": PREFIX + "halt"}]
     try:
+        first = run(cloud(declared))
+        out = flat(first.stdout)
         assert first.rc == 2, first.stdout[-6000:]
-        assert "1 server(s) failed: %shuge" % PREFIX in out, first.stdout[-6000:]
+        assert "1 server(s) failed: %s" % name in out, first.stdout[-6000:]
         rows = failed_rows(first.stdout)
-        assert list(rows) == [PREFIX + "huge"], first.stdout[-6000:]
-        assert "cannot start %shuge" % PREFIX in rows[PREFIX + "huge"], rows
-        assert "hugetlbfs filesystem is not mounted" in rows[PREFIX + "huge"], rows
+        assert list(rows) == [name], first.stdout[-6000:]
+        assert "cannot start %s" % name in rows[name], rows
+        assert "injected start failure" in rows[name], rows
         # Nothing of it is left: no domain, no volume, no lock; the two others run.
         assert_nothing_half_made(lab, [PREFIX + "1", PREFIX + "2"])
         _domains, volumes, _records = host_state(lab)
-        assert not [v for v in volumes if v.startswith(PREFIX + "huge")], volumes
-        # Declared with a flavor the host can start, it is built, and the run after that changes nothing.
-        fixed = servers(2) + [{"name": PREFIX + "huge", "flavor": TINY["name"], "image": PREFIX + "halt"}]
-        converge_again(cloud(fixed), [s["name"] for s in fixed], lab)
+        assert not [v for v in volumes if v.startswith(name)], volumes
+        # Once the host starts it again, it is built, and the run after that changes nothing.
+        os.unlink(flag)
+        converge_again(cloud(declared), [s["name"] for s in declared], lab)
     finally:
+        if os.path.exists(flag):
+            os.unlink(flag)
         delete_all(cloud, lab)
 
 
