@@ -89,6 +89,7 @@ class RecordLock:
         self._sleep = sleep or time.sleep
         self.token = None
         self.broken = []  # owners of stale locks this claimant broke, for the record
+        self._breaker_seen = None  # when this claimant first found another waiter's breaker lock, if it still is
 
     @property
     def held(self):
@@ -191,19 +192,41 @@ class RecordLock:
         return raw.rstrip(b"\0 \n").decode("utf-8", "replace")
 
     def _break(self, pool, stale):
-        # Read once more right before deleting: if the holder released and someone else took the lock meanwhile,
-        # the content differs and the new lock is left alone.
-        vol = self.client.lookup_volume(pool, self.volume_name)
-        if vol is None or self._read(vol) != stale:
+        """Delete the stale lock ``stale``; True when this claimant did.
+
+        libvirt cannot delete a volume only if it is unchanged, so a waiter that read the stale lock and then deleted
+        it by name could delete the lock another waiter took in between, and both would hold it. Breaking is
+        therefore done under a second lock, ``<name>.lock.break``, created atomically like the lock itself: one
+        waiter at a time reads the lock again and deletes it only if it still holds what went stale. A breaker is
+        held for two libvirt calls; one left by a killed waiter is removed once it has been there for the ttl.
+        """
+        breaker_name = self.volume_name + ".break"
+        breaker = self.client.create_volume_unless_exists(pool, _lock_volume_xml(breaker_name))
+        if breaker is None:
+            now = self._clock()
+            if self._breaker_seen is None:
+                self._breaker_seen = now
+            elif now - self._breaker_seen >= self.ttl:
+                left = self.client.lookup_volume(pool, breaker_name)
+                if left is not None:
+                    self.client.delete_volume_if_exists(left)
+                self._breaker_seen = None
             return False
+        self._breaker_seen = None
         try:
-            return self.client.delete_volume_if_exists(vol)
-        except LibvirtOperationError:
-            # Another waiter broke the same stale lock between our read and our delete and is creating its own
-            # ("volume is still being allocated"): that lock is live, leave it. Anything else is a real error.
-            if self._content(pool) not in (None, stale):
+            vol = self.client.lookup_volume(pool, self.volume_name)
+            if vol is None or self._read(vol) != stale:
                 return False
-            raise
+            try:
+                return self.client.delete_volume_if_exists(vol)
+            except LibvirtOperationError:
+                # A holder that outlived the ttl released its lock between our read and our delete, and a claimant
+                # is creating its own ("volume is still being allocated"): that lock is live, leave it.
+                if self._content(pool) not in (None, stale):
+                    return False
+                raise
+        finally:
+            self.client.delete_volume_if_exists(breaker)
 
 
 def ClaimLock(client, **kwargs):  # noqa: N802 - reads as the class it returns

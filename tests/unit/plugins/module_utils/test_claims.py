@@ -13,6 +13,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._claims import (
     ClaimLock,
     RecordLock,
     VolumeClaim,
+    _lock_volume_xml,
     check_claim,
     check_volume_claim,
     grows,
@@ -425,3 +426,38 @@ def test_a_volume_claim_is_checked_again_under_the_lock_and_verified(fake):
     assert "over its capacity" in error.value.message and claim.lock.held
     claim.release()
     assert not claim.lock.held
+
+
+def test_two_waiters_never_both_delete_a_stale_lock(fake):
+    """The race of two waiters breaking the same stale lock: B read the stale lock, then A deleted it and took the
+    lock; B's delete by name would remove A's live lock. Breaking happens under a breaker lock and re-reads the lock
+    there, so B leaves A's lock alone, and nobody breaks while another waiter holds the breaker."""
+    dead = ClaimLock(fake)
+    dead.acquire()
+    clock = FakeClock()
+    a = ClaimLock(fake, ttl=60, timeout=600, clock=clock, sleep=clock.sleep)
+    b = ClaimLock(fake, ttl=60, timeout=600, clock=clock, sleep=clock.sleep)
+    pool = fake.lookup_pool(RECORDS_POOL)
+    stale = a._content(pool)
+    # While another waiter holds the breaker, nothing is deleted.
+    breaker = fake.create_volume_unless_exists(pool, _lock_volume_xml("claim.lock.break"))
+    assert a._break(pool, stale) is False and a._content(pool) == stale
+    fake.delete_volume_if_exists(breaker)
+    # A breaks and takes the lock; B, whose view is still the stale lock, deletes nothing.
+    assert a._break(pool, stale) is True
+    a.acquire()
+    assert b._break(pool, stale) is False
+    assert a.token in a._content(pool)
+    assert "claim.lock.break" not in fake.pools[RECORDS_POOL].volumes
+
+
+def test_a_breaker_left_by_a_killed_waiter_expires(fake):
+    dead = ClaimLock(fake)
+    dead.acquire()
+    pool = fake.lookup_pool(RECORDS_POOL)
+    fake.create_volume_unless_exists(pool, _lock_volume_xml("claim.lock.break"))
+    clock = FakeClock()
+    waiter = ClaimLock(fake, ttl=60, timeout=600, clock=clock, sleep=clock.sleep)
+    waiter.acquire()
+    assert waiter.held and len(waiter.broken) == 1
+    assert "claim.lock.break" not in fake.pools[RECORDS_POOL].volumes
