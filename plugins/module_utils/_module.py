@@ -20,11 +20,40 @@ WAIT_ARGS = dict(
 )
 
 
+# Options that may hold secrets inside list or dict items, where Ansible's ``no_log`` cannot reach: the ``servers``
+# module's items are free-form dicts (checked item by item later), and server_action's ``server`` is a whole record.
+_SECRET_KEYS = ("user_data",)
+
+
+def _secret_values(value):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in _SECRET_KEYS and isinstance(item, str) and item:
+                yield item
+            else:
+                for found in _secret_values(item):
+                    yield found
+    elif isinstance(value, list):
+        for item in value:
+            for found in _secret_values(item):
+                yield found
+
+
+def hide_secrets(module):
+    """Mask every ``user_data`` found in the parameters, at any depth, in everything the module returns.
+
+    Ansible masks the values of ``no_log`` options it knows of; values it registers in ``no_log_values`` are masked
+    the same way in the result, its ``invocation`` (what ``-vvv`` prints) and the diff.
+    """
+    module.no_log_values.update(_secret_values(module.params))
+
+
 def run_module(module, work):
     """Call ``work(client)`` with a connection to ``uri`` and exit the module with its result dict.
 
     Only here do errors become ``fail_json``: the layers below raise typed errors with the field they are about.
     """
+    hide_secrets(module)
     client = LibvirtClient(module.params["uri"])
     try:
         result = work(client)

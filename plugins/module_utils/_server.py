@@ -108,7 +108,8 @@ SERVER_ARGUMENT_SPEC = dict(
         fixed_ip=dict(type="str"),
     ), mutually_exclusive=[("network", "bridge")], required_one_of=[("network", "bridge")]),
     hostname=dict(type="str"),
-    user_data=dict(type="str"),
+    # cloud-init user data often carries passwords: never printed in the invocation (-vvv) or any result.
+    user_data=dict(type="str", no_log=True),
     ssh_authorized_keys=dict(type="list", elements="str", no_log=False),
     network_config=dict(type="dict"),
     metadata=dict(type="dict"),

@@ -491,7 +491,7 @@ def main():
         ssh_authorized_keys=dict(type="list", elements="str", no_log=False),
         storage=dict(type="str", default="auto", choices=["auto", "copy", "shared"]),
         target_uri=dict(type="str"),
-        user_data=dict(type="str"),
+        user_data=dict(type="str", no_log=True),
     )
     argument_spec.update(CONNECTION_ARGS)
     argument_spec.update(WAIT_ARGS)
