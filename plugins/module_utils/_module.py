@@ -8,10 +8,16 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import MissingLibraryError, VirtfleetError
-from ansible_collections.virtfleet.compute.plugins.module_utils._libvirt_client import DEFAULT_URI, LibvirtClient
+from ansible_collections.virtfleet.compute.plugins.module_utils._libvirt_client import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_URI,
+    LibvirtClient,
+)
 
 CONNECTION_ARGS = dict(
     uri=dict(type="str", default=DEFAULT_URI),
+    connect_timeout=dict(type="int", default=DEFAULT_CONNECT_TIMEOUT),
+    allow_insecure_tcp=dict(type="bool", default=False),
 )
 
 WAIT_ARGS = dict(
@@ -54,7 +60,8 @@ def run_module(module, work):
     Only here do errors become ``fail_json``: the layers below raise typed errors with the field they are about.
     """
     hide_secrets(module)
-    client = LibvirtClient(module.params["uri"])
+    client = LibvirtClient(module.params["uri"], connect_timeout=module.params["connect_timeout"],
+                           allow_insecure_tcp=module.params["allow_insecure_tcp"])
     try:
         result = work(client)
     except MissingLibraryError as exc:

@@ -264,7 +264,8 @@ class ActionRunner:
     def __init__(self, client, request, connect=None, now=None):
         self.client = client
         self.req = request
-        self._connect = connect or LibvirtClient
+        # The other hosts of a move are opened with this connection's settings (timeout, transport policy).
+        self._connect = connect or getattr(client, "sibling", LibvirtClient)
         self._opened = []
         self.now = now or _now()
         self.outputs = {}
