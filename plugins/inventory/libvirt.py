@@ -201,12 +201,12 @@ from ansible.inventory.group import to_safe_group_name  # noqa: E402
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable  # noqa: E402
 from ansible.utils.unsafe_proxy import wrap_var  # noqa: E402
 
+from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ValidationError  # noqa: E402
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import (  # noqa: E402
     INSTANCE_POOL,
     down_host,
     host_info,
 )
-from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ValidationError  # noqa: E402
 from ansible_collections.virtfleet.compute.plugins.module_utils._libvirt_client import (  # noqa: E402
     DEFAULT_CONNECT_TIMEOUT,
     HAS_LIBVIRT,

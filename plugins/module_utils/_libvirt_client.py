@@ -20,7 +20,6 @@ import threading
 import time
 import traceback
 import xml.etree.ElementTree as ET
-
 from urllib.parse import urlsplit, urlunsplit
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
