@@ -635,6 +635,21 @@ class LibvirtClient:
             return None
         return capacity
 
+    def domain_disk_size(self, dom, disk):
+        """Virtual size in bytes of a disk as Domain.disks describes it; None if unknown.
+
+        A disk whose source is a pool volume is read from its pool: virDomainGetBlockInfo cannot resolve a volume
+        source of a domain that is not running ("missing storage backend for 'volume' storage").
+        """
+        if disk.get("pool") and disk.get("volume"):
+            try:
+                pool = self.find_pool(disk["pool"])
+                vol = self.lookup_volume(pool, disk["volume"]) if pool is not None else None
+                return self.volume_info(vol)["capacity"] if vol is not None else None
+            except LibvirtOperationError:
+                return None  # an inactive pool: the size is unknown, as for any disk libvirt cannot read
+        return self.domain_disk_capacity(dom, disk["target"]) if disk.get("target") else None
+
     def expanded_cpu_features(self, cpu_xml):
         """Every feature of a host CPU (its model's and the extra ones), or None if libvirt cannot expand them."""
         try:

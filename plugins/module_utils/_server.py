@@ -33,6 +33,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
     volume_name,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
+    CapacityError,
     ConflictError,
     NotFoundError,
     ValidationError,
@@ -415,11 +416,11 @@ class ServerPlanner:
             plan.created = True
             return
         resolved = self._resolve_references(definition)
-        # Checked now, so a server that does not fit fails before anything is made (and check mode says so).
-        claim = Claim(client, req.name, flavor, instance_pool=req.instance_pool)
         image = resolved["image"]
         instance_pool = resolved["instance_pool"]
         root_bytes = self._root_bytes(flavor, image)
+        # Checked now, so a server that does not fit fails before anything is made (and check mode says so).
+        claim = self._claim_create(flavor, image, root_bytes)
         server_uuid = str(uuidlib.uuid4())
 
         volumes = {}
@@ -805,6 +806,22 @@ class ServerPlanner:
         if self._host_record_cache is None:
             self._host_record_cache = RecordStore(self.client).read("host") or {}
         return self._host_record_cache
+
+    def _claim_create(self, flavor, image, root_bytes):
+        """The claim of a new server. With disk_gb 0 the root disk is as large as the image's virtual size: that
+        size is claimed (rounded up to whole GB, as Nova rounds), never the 0 the flavor says."""
+        req = self.request
+        claimed = flavor
+        if flavor.disk_gb == 0 and root_bytes:
+            claimed = dict(flavor.to_dict(), disk_gb=-(-root_bytes // GIB))
+        try:
+            return Claim(self.client, req.name, claimed, instance_pool=req.instance_pool)
+        except CapacityError as exc:
+            if claimed is not flavor:
+                exc.message += (" (flavor disk_gb 0: the root disk is as large as image %s, %s virtual size, and "
+                                "that is what is claimed; choose a flavor with a disk_gb that fits)"
+                                % (image["name"], _size_text(root_bytes)))
+            raise
 
     def _root_bytes(self, flavor, image):
         # An image imported from a URL in the same check-mode run has no known size yet.

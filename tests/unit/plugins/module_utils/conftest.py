@@ -129,6 +129,9 @@ class MemoryClient(LibvirtClient):
         # The test driver reports a 1 TiB disk for any path; a real host would report the file's size.
         return GIB
 
+    def domain_disk_size(self, dom, disk):
+        return self.domain_disk_capacity(dom, disk["target"])
+
     def pool_xml(self, pool, inactive=True):
         # The test driver refuses VIR_STORAGE_XML_INACTIVE; its pools have one definition anyway.
         return self._call("read pool %s" % pool.name(), pool.XMLDesc, 0)
