@@ -380,6 +380,7 @@ class LibvirtClient:
     # -- storage pools and volumes --------------------------------------------------------------------------------
 
     def lookup_pool(self, name, field=None):
+        _plain_name(name, field or "pool")
         try:
             pool = self.conn.storagePoolLookupByName(name)
         except libvirt.libvirtError as exc:
@@ -394,8 +395,22 @@ class LibvirtClient:
             raise NotFoundError("storage pool '%s' on %s is not active" % (name, self.uri), field=field)
         return pool
 
+    def host_interface_exists(self, name):
+        """Whether the host has a network interface (a bridge) called ``name``; None when libvirt cannot tell (a
+        daemon built without an interface driver)."""
+        try:
+            self.conn.interfaceLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_INTERFACE:
+                return False
+            return None
+        except ValueError:  # an embedded NUL: no interface has such a name
+            return False
+        return True
+
     def find_pool(self, name):
         """The pool called ``name`` whether active or not, or None."""
+        _plain_name(name, "pool")
         try:
             return self.conn.storagePoolLookupByName(name)
         except libvirt.libvirtError as exc:
@@ -937,6 +952,13 @@ def _abort(stream):
         stream.abort()
     except Exception:  # pylint: disable=broad-except
         pass
+
+
+def _plain_name(name, field):
+    # libvirt's C API takes NUL-terminated names: the Python binding raises a bare ValueError on an embedded NUL
+    # (a traceback for the user), so it is refused here with the field it came from.
+    if isinstance(name, str) and "\x00" in name:
+        raise ValidationError("%r holds a NUL byte, which no libvirt name can" % name, field=field)
 
 
 def _message(exc):

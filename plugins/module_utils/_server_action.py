@@ -48,6 +48,7 @@ import string
 import threading
 import xml.etree.ElementTree as ET
 
+from ansible_collections.virtfleet.compute.plugins.module_utils import _limits
 from ansible_collections.virtfleet.compute.plugins.module_utils._claims import Claim
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
     DISK_ROLES,
@@ -183,7 +184,7 @@ class ActionRequest:
         self.image_pool = params.get("image_pool")
         self.instance_pool = params.get("instance_pool") or DEFAULT_INSTANCE_POOL
         self.hostname = params.get("hostname")
-        self.user_data = params.get("user_data")
+        self.user_data = _limits.validate_user_data(params.get("user_data"))
         self.ssh_authorized_keys = params.get("ssh_authorized_keys")
         self.network_config = params.get("network_config")
         self.target_uri = params.get("target_uri")
