@@ -37,12 +37,10 @@ def _secret_values(value):
             if key in _SECRET_KEYS and isinstance(item, str) and item:
                 yield item
             else:
-                for found in _secret_values(item):
-                    yield found
+                yield from _secret_values(item)
     elif isinstance(value, list):
         for item in value:
-            for found in _secret_values(item):
-                yield found
+            yield from _secret_values(item)
 
 
 def hide_secrets(module):

@@ -72,8 +72,8 @@ def test_validation_never_raises(state, compute_hosts):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(state=st.dictionaries(st.sampled_from(sv.KINDS), st.lists(st.dictionaries(keys, values, max_size=8),
-                                                                  max_size=4), max_size=6),
+@given(state=st.dictionaries(st.sampled_from(sv.KINDS),
+                             st.lists(st.dictionaries(keys, values, max_size=8), max_size=4), max_size=6),
        compute_hosts=hosts)
 def test_cross_checks_never_raise_on_items_the_schema_rejects(state, compute_hosts):
     # The cross-reference pass runs even when the schema pass found errors (so every error is reported at once):
