@@ -20,6 +20,27 @@ options:
         command is run there.
     type: str
     default: qemu:///system
+  connect_timeout:
+    description:
+      - Seconds the connection to O(uri) may take to open. After that the module fails with the URI and the time
+        waited, whatever the transport is doing (an SSH port that accepts the connection and never answers, a TLS
+        handshake that stalls, a daemon that does not respond).
+      - For C(qemu+ssh://) URIs ssh is also given C(-o ConnectTimeout) (this value plus 5 seconds), so the ssh
+        process stops by itself too. libvirt has no URI parameter for ssh options; its C(command) parameter names
+        the program it runs instead of ssh, and the module points it, while the connection opens, at a small
+        wrapper in a private temporary directory that runs the real ssh (or the C(command) the URI gave) with
+        that option.
+      - Only the opening is bounded; operations with a duration of their own have their own timeouts
+        (O(ignore:wait_timeout), O(ignore:shutdown_timeout)).
+    type: int
+    default: 30
+  allow_insecure_tcp:
+    description:
+      - Accept a C(qemu+tcp://) URI. libvirt's plain TCP transport has no encryption and, unless the daemon is set
+        up with SASL, no authentication, so anyone who can reach the port controls the host; such URIs are refused
+        by default. Use C(qemu+tls://) or C(qemu+ssh://), or set this on a network you trust.
+    type: bool
+    default: false
 requirements:
   - libvirt-python (the C(libvirt) Python bindings) where the module runs
 """

@@ -105,6 +105,20 @@ options:
       - Seconds to wait for a host's answer. A host that has not answered by then is reported down.
     type: float
     default: 30
+  connect_timeout:
+    description:
+      - Seconds a host's libvirt connection may take to open; a host whose connection is not open by then is
+        reported down with the URI and the time waited. For C(qemu+ssh://) URIs ssh is also given
+        C(ConnectTimeout), so it does not wait on a peer that accepts the TCP connection and never speaks SSH.
+    type: int
+    default: 30
+  allow_insecure_tcp:
+    description:
+      - Accept C(qemu+tcp://) URIs. libvirt's plain TCP transport has no encryption and, unless the daemon is set
+        up with SASL, no authentication, so by default such a URI is refused when the configuration is read. Use
+        C(qemu+tls://) or C(qemu+ssh://) instead, or set this on a network you trust.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - constructed
   - inventory_cache
@@ -187,14 +201,17 @@ from ansible.inventory.group import to_safe_group_name  # noqa: E402
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable  # noqa: E402
 from ansible.utils.unsafe_proxy import wrap_var  # noqa: E402
 
+from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ValidationError  # noqa: E402
 from ansible_collections.virtfleet.compute.plugins.module_utils._host_info import (  # noqa: E402
     INSTANCE_POOL,
     down_host,
     host_info,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._libvirt_client import (  # noqa: E402
+    DEFAULT_CONNECT_TIMEOUT,
     HAS_LIBVIRT,
     LibvirtClient,
+    check_uri_policy,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._server import list_servers  # noqa: E402
 
@@ -210,7 +227,7 @@ _FILE_ENDINGS = (".virtfleet.yml", ".virtfleet.yaml")
 # ---------------------------------------------------------------------------------------------------------------------
 # Asking the hosts: plain Python, no Ansible objects, so tests and the benchmark call it directly.
 
-def hypervisor_entries(hypervisors):
+def hypervisor_entries(hypervisors, allow_insecure_tcp=False):
     """The configured hypervisors as ``[{name, uri, vars}]``; ValueError names the bad entry."""
     entries, seen = [], set()
     for index, item in enumerate(hypervisors or []):
@@ -222,6 +239,10 @@ def hypervisor_entries(hypervisors):
         uri = item.get("uri")
         if not uri or not isinstance(uri, str):
             raise ValueError("%s.uri: is required (a libvirt URI such as qemu+ssh://root@kvm-01/system)" % where)
+        try:
+            check_uri_policy(uri, allow_insecure_tcp)
+        except ValidationError as exc:
+            raise ValueError("%s.uri: %s" % (where, exc.message))
         name = item.get("name") or urlsplit(uri).hostname
         if not name:
             raise ValueError("%s.name: is required when the URI names no host (%s)" % (where, uri))
@@ -242,13 +263,14 @@ def hypervisor_entries(hypervisors):
     return entries
 
 
-def ask_host(name, uri, add_servers=False, instance_pool=INSTANCE_POOL, details=True, client_factory=LibvirtClient):
+def ask_host(name, uri, add_servers=False, instance_pool=INSTANCE_POOL, details=True, client_factory=LibvirtClient,
+             connect_timeout=DEFAULT_CONNECT_TIMEOUT, allow_insecure_tcp=False):
     """``(host, servers)`` for one hypervisor: its host_info dict, and its managed servers when asked and up.
 
     Never raises for the host's sake: a daemon that cannot be reached, or fails half way through, gives the host
     dict of a host that is down, with the reason.
     """
-    client = client_factory(uri)
+    client = client_factory(uri, connect_timeout=connect_timeout, allow_insecure_tcp=allow_insecure_tcp)
     try:
         host = host_info(client, name=name, instance_pool=instance_pool, details=details)
         servers = []
@@ -363,7 +385,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         super().parse(inventory, loader, path, cache=cache)
         self._read_config_data(path)
         try:
-            entries = hypervisor_entries(self.get_option("hypervisors"))
+            entries = hypervisor_entries(self.get_option("hypervisors"),
+                                         allow_insecure_tcp=self.get_option("allow_insecure_tcp"))
         except ValueError as exc:
             raise AnsibleParserError("%s: %s" % (path, exc))
 
@@ -399,6 +422,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             add_servers=self.get_option("add_servers") or list_servers,
             instance_pool=self.get_option("instance_pool"),
             details=self.get_option("host_details"),
+            connect_timeout=self.get_option("connect_timeout"),
+            allow_insecure_tcp=self.get_option("allow_insecure_tcp"),
         )
         read_at = utc_now()
         return {

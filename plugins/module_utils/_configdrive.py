@@ -23,6 +23,7 @@ import threading
 import time
 import traceback
 
+from ansible_collections.virtfleet.compute.plugins.module_utils import _limits
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     MissingLibraryError,
     ValidationError,
@@ -306,19 +307,8 @@ def _require_netaddr():
 
 
 def _normalize_mac(value, field):
-    if not isinstance(value, str) or not value:
-        raise ValidationError("a MAC address such as 52:54:00:12:34:56 is required, got %r" % (value,), field=field)
-    try:
-        eui = netaddr.EUI(value)
-    except (netaddr.AddrFormatError, TypeError, ValueError):
-        eui = None
-    if eui is None or eui.version != 48:
-        raise ValidationError("%r is not a MAC address (expected 6 bytes such as 52:54:00:12:34:56)" % value,
-                              field=field)
-    if int(eui) & (1 << 40):
-        raise ValidationError("%s is a multicast MAC address; a NIC needs a unicast one" % value, field=field)
-    # cloud-init compares MACs as lower-case, colon-separated strings.
-    return str(eui.format(netaddr.mac_unix_expanded)).lower()
+    # One rule for every MAC the collection takes (unicast, not all-zero): see _limits.
+    return _limits.validate_mac(value, field)
 
 
 def _parse_ip(value, field):

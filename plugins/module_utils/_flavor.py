@@ -16,6 +16,7 @@ __metaclass__ = type
 
 import re
 
+from ansible_collections.virtfleet.compute.plugins.module_utils import _limits
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ValidationError
 
 # name -> (minimum, required). Order is the order users read them in.
@@ -68,9 +69,11 @@ class Flavor:
                 raw = 0
             values[name] = _as_int(raw, minimum, _sub(field, name))
         extra_specs = validate_extra_specs(data.get("extra_specs"), _sub(field, "extra_specs"))
+        description = _as_optional_str(data.get("description"), _sub(field, "description"))
+        _limits.validate_text(description, _sub(field, "description"), _limits.DESCRIPTION_MAX, "flavor description")
         return cls(
             name=_as_optional_str(data.get("name"), _sub(field, "name")),
-            description=_as_optional_str(data.get("description"), _sub(field, "description")),
+            description=description,
             extra_specs=extra_specs,
             **values
         )
@@ -119,11 +122,10 @@ VIF_QUOTA_KEYS = tuple("quota:vif_%s_%s" % (direction, what)
 CPU_QUOTA_KEYS = ("quota:cpu_shares", "quota:cpu_period", "quota:cpu_quota")
 AGGREGATE_SCOPE = "aggregate_instance_extra_specs:"
 
-# libvirt's accepted ranges for <cputune> (see formatdomain.html#cpu-tuning): period in microseconds, quota in
-# microseconds per period or negative for "no limit", shares a relative weight (cgroup v1 allows up to 262144).
-_CPU_PERIOD_RANGE = (1000, 1000000)
-_CPU_QUOTA_RANGE = (1000, 17592186044415)
-_CPU_SHARES_MAX = 262144
+# The ranges libvirt accepts for <cputune> and the quotas live with every other limit, in _limits.
+_CPU_PERIOD_RANGE = _limits.CPU_PERIOD_RANGE
+_CPU_QUOTA_RANGE = _limits.CPU_QUOTA_RANGE
+_CPU_SHARES_MAX = _limits.CPU_SHARES_MAX
 _PAGE_SIZE_RE = re.compile(r"^([0-9]+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)$", re.IGNORECASE)
 _PAGE_UNITS_KIB = {"": 1, "k": 1, "kb": 1, "kib": 1, "m": 1024, "mb": 1024, "mib": 1024,
                    "g": 1024 * 1024, "gb": 1024 * 1024, "gib": 1024 * 1024}
@@ -212,12 +214,14 @@ def _validate_spec(key, value, field):
     elif key == "quota:cpu_period":
         _integer(value, _CPU_PERIOD_RANGE[0], _CPU_PERIOD_RANGE[1], field)
     elif key == "quota:cpu_quota":
-        number = _integer(value, None, _CPU_QUOTA_RANGE[1], field)
+        number = _integer(value, -_CPU_QUOTA_RANGE[1], _CPU_QUOTA_RANGE[1], field)
         if 0 <= number < _CPU_QUOTA_RANGE[0]:
             raise ValidationError("must be at least %d microseconds, or negative for no limit; got %d"
                                   % (_CPU_QUOTA_RANGE[0], number), field=field)
-    else:  # disk and vif quotas: rates and bursts
-        _integer(value, 0, None, field)
+    elif key in DISK_QUOTA_KEYS:
+        _integer(value, 0, _limits.DISK_QUOTA_MAX, field)
+    else:  # vif quotas: rates and bursts
+        _integer(value, 0, _limits.VIF_QUOTA_MAX, field)
 
 
 def _validate_combinations(specs, field):
@@ -263,17 +267,13 @@ def _integer(value, minimum, maximum, field):
 
 # -- flavor names ---------------------------------------------------------------------------------------------------
 
-_NAME_MAX = 255
-
-
 def validate_flavor_name(name, field="name"):
-    """A catalog flavor name: 1-255 printable characters without surrounding spaces (Nova allows the same)."""
-    if not isinstance(name, str) or not name or name != name.strip() or len(name) > _NAME_MAX:
-        raise ValidationError("must be 1 to %d characters without leading or trailing spaces" % _NAME_MAX,
-                              field=field)
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ValidationError("must not contain control characters", field=field)
-    return name
+    """A catalog flavor name, by the name rules of _limits (m1.tiny, gp2.large, c5:xlarge...).
+
+    Stricter than Nova's (printable characters): the name is also a record's key, an inventory group's name
+    (flavor_<name>) and text in reports, where a slash, markup or a right-to-left override would mislead.
+    """
+    return _limits.validate_name(name, field, "flavor name")
 
 
 def _sub(field, name):
@@ -291,6 +291,9 @@ def _as_int(value, minimum, field):
         raise ValidationError("must be a whole number, got %r" % (value,), field=field)
     if number < minimum:
         raise ValidationError("must be at least %d, got %d" % (minimum, number), field=field)
+    if number > _limits.FLAVOR_INT_MAX:
+        raise ValidationError("must be at most %d (Nova's limit), got %d" % (_limits.FLAVOR_INT_MAX, number),
+                              field=field)
     return number
 
 

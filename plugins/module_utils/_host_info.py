@@ -136,6 +136,12 @@ def domain_usage(client, dom, domain, active):
         if snapshot is not None:
             flavor.update(disk_gb=snapshot.disk_gb, ephemeral_gb=snapshot.ephemeral_gb, swap_mb=snapshot.swap_mb,
                           extra_specs=snapshot.extra_specs)
+            if snapshot.disk_gb == 0:
+                # "As large as the image": the root disk's own size is what the server takes, not the 0 of its
+                # flavor (a 10 TiB-virtual image makes a 10 TiB disk).
+                root = domain.disk_for_role("root")
+                size = client.domain_disk_size(dom, root) if root else None
+                flavor["disk_gb"] = int(math.ceil((size or 0) / float(GIB)))
         res = _capacity.resources_from_flavor(flavor)
         if domain.record.extra.get("vm_state") == "shelved" and not active:
             # Nova's shelved server: powered off, its disks still on the host, its CPU and RAM claims released
@@ -152,7 +158,7 @@ def domain_usage(client, dom, domain, active):
         # A CD-ROM or a read-only disk never grows; writable disks may fill up to their virtual size.
         if disk["device"] not in (None, "disk") or disk["readonly"] or not disk["target"]:
             continue
-        disk_bytes += client.domain_disk_capacity(dom, disk["target"]) or 0
+        disk_bytes += client.domain_disk_size(dom, disk) or 0
     return DomainUsage(domain.name, domain.uuid, False, active, domain.vcpus, domain.ram_mb,
                        int(math.ceil(disk_bytes / float(GIB))))
 

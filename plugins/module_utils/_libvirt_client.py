@@ -12,15 +12,22 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
+import shlex
+import shutil
+import tempfile
+import threading
 import time
 import traceback
 import xml.etree.ElementTree as ET
+from urllib.parse import urlsplit, urlunsplit
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     HostUnavailableError,
     LibvirtOperationError,
     MissingLibraryError,
     NotFoundError,
+    ValidationError,
 )
 
 try:
@@ -33,6 +40,12 @@ except ImportError:
     LIBVIRT_IMPORT_ERROR = traceback.format_exc()
 
 DEFAULT_URI = "qemu:///system"
+
+# Seconds a connection may take to open (modules' connect_timeout, the inventory's connect_timeout).
+DEFAULT_CONNECT_TIMEOUT = 30
+# ssh gets a few seconds more than our own deadline: ours fires first, with a message naming the URI and the time,
+# and the ssh process libvirt started gives up by itself shortly after instead of waiting on a silent peer forever.
+_SSH_GRACE = 5
 
 # libvirt's virDomainState numbers, named the way users read them in virsh.
 _STATE_NAMES = {
@@ -79,18 +92,140 @@ def _link_local(address):
     return ip.startswith(("127.", "169.254.", "fe80:")) or ip == "::1"
 
 
-class LibvirtClient:
-    """A connection to one libvirt daemon, opened on first use."""
+def uri_transport(uri):
+    """The transport of a libvirt URI: ``ssh`` for qemu+ssh://, ``unix`` for qemu:/// and qemu+unix://."""
+    scheme = urlsplit(uri).scheme
+    return scheme.split("+", 1)[1].lower() if "+" in scheme else "unix"
 
-    def __init__(self, uri=None):
+
+def redact_uri(uri):
+    """The URI without a password in its user part, for messages (libvirt ignores one, users still write it)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = "%s:***@%s" % (parts.username or "", parts.netloc.rsplit("@", 1)[1])
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def check_uri_policy(uri, allow_insecure_tcp=False):
+    """Refuse libvirt's plain TCP transport unless the user said so explicitly."""
+    if uri_transport(uri) == "tcp" and not allow_insecure_tcp:
+        raise ValidationError(
+            "%s uses libvirt's plain TCP transport, which has no encryption and, unless the daemon is set up with "
+            "SASL, no authentication: anyone who can reach the port controls the host. Use qemu+tls:// or "
+            "qemu+ssh://, or set allow_insecure_tcp: true on a network you trust" % redact_uri(uri), field="uri")
+
+
+class _SshTimeout:
+    """A ``command=`` wrapper that gives libvirt's ssh process ``-o ConnectTimeout=N``.
+
+    libvirt runs ``ssh`` itself with arguments of its own and has no URI parameter for ssh options; its
+    ``command`` parameter names the program to run instead. The wrapper execs the real ssh (or the command the URI
+    names) with ConnectTimeout first, so a peer that accepts TCP but never speaks SSH is given up by ssh too. The
+    wrapper lives in a private temporary directory only while the connection opens; where temporary files cannot be
+    executed (a noexec /tmp) the URI is left alone and the deadline around the open still applies.
+    """
+
+    def __init__(self, uri, seconds):
+        self.uri = uri
+        self._dir = None
+        parts = urlsplit(uri)
+        if uri_transport(uri) != "ssh":
+            return
+        params = [p for p in parts.query.split("&") if p]
+        given = [p.split("=", 1)[1] for p in params if p.startswith("command=") and "=" in p]
+        try:
+            self._dir = tempfile.mkdtemp(prefix="virtfleet-ssh-")
+            if hasattr(os, "ST_NOEXEC") and os.statvfs(self._dir).f_flag & os.ST_NOEXEC:
+                self.cleanup()
+                return
+            path = os.path.join(self._dir, "ssh")
+            with open(path, "w") as handle:
+                handle.write('#!/bin/sh\nexec %s -o ConnectTimeout=%d "$@"\n'
+                             % (shlex.quote(given[-1] if given else "ssh"), int(seconds)))
+            os.chmod(path, 0o700)
+        except OSError:
+            self.cleanup()
+            return
+        params = [p for p in params if not p.startswith("command=")] + ["command=" + path]
+        self.uri = urlunsplit((parts.scheme, parts.netloc, parts.path, "&".join(params), parts.fragment))
+
+    def cleanup(self):
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def open_connection(uri, timeout):
+    """``libvirt.open(uri)``, given up after ``timeout`` seconds whatever the transport does.
+
+    libvirt's open blocks in C with no deadline of its own (an SSH peer that never sends its banner, a TLS peer that
+    never finishes the handshake, a daemon that accepts and stalls); it runs in a daemon thread that cannot keep the
+    process from exiting, and a connection that opens after we gave up is closed at once.
+    """
+    wrapper = _SshTimeout(uri, timeout + _SSH_GRACE)
+    box = {}
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def opener():
+        try:
+            conn = libvirt.open(wrapper.uri)
+        except libvirt.libvirtError as exc:
+            conn, box["error"] = None, exc
+        with lock:
+            if box.get("abandoned"):
+                if conn is not None:
+                    conn.close()
+            else:
+                box["conn"] = conn
+        done.set()
+
+    started = time.monotonic()
+    thread = threading.Thread(target=opener, name="virtfleet-connect", daemon=True)
+    thread.start()
+    try:
+        done.wait(timeout)
+        with lock:
+            if not done.is_set():
+                box["abandoned"] = True
+                raise HostUnavailableError(
+                    "cannot connect to libvirt at %s: no answer within %s seconds (connect_timeout)"
+                    % (redact_uri(uri), _seconds(time.monotonic() - started)), field="uri")
+    finally:
+        wrapper.cleanup()
+    if "error" in box:
+        raise HostUnavailableError("cannot connect to libvirt at %s: %s" % (redact_uri(uri), _message(box["error"])),
+                                   field="uri")
+    return box["conn"]
+
+
+def _seconds(value):
+    return ("%.1f" % value).rstrip("0").rstrip(".")
+
+
+class LibvirtClient:
+    """A connection to one libvirt daemon, opened on first use.
+
+    ``connect_timeout`` bounds the open (seconds); ``allow_insecure_tcp`` lets a qemu+tcp:// URI through.
+    """
+
+    def __init__(self, uri=None, connect_timeout=DEFAULT_CONNECT_TIMEOUT, allow_insecure_tcp=False):
         self.uri = uri or DEFAULT_URI
+        self.connect_timeout = connect_timeout
+        self.allow_insecure_tcp = allow_insecure_tcp
         self._conn = None
+
+    def sibling(self, uri):
+        """A client for another host (a move's target) with this client's connection settings."""
+        return LibvirtClient(uri, connect_timeout=self.connect_timeout, allow_insecure_tcp=self.allow_insecure_tcp)
 
     # -- connection -------------------------------------------------------------------------------------------------
 
     @property
     def conn(self):
         if self._conn is None:
+            check_uri_policy(self.uri, self.allow_insecure_tcp)
             if not HAS_LIBVIRT:
                 raise MissingLibraryError(
                     "the libvirt Python bindings are not installed where this module runs "
@@ -98,12 +233,10 @@ class LibvirtClient:
                     traceback=LIBVIRT_IMPORT_ERROR,
                 )
             _silence_libvirt()
-            try:
-                self._conn = libvirt.open(self.uri)
-            except libvirt.libvirtError as exc:
-                raise HostUnavailableError(
-                    "cannot connect to libvirt at %s: %s" % (self.uri, _message(exc)), field="uri"
-                )
+            timeout = DEFAULT_CONNECT_TIMEOUT if self.connect_timeout is None else self.connect_timeout
+            if timeout <= 0:
+                raise ValidationError("must be a positive number of seconds, got %s" % timeout, field="connect_timeout")
+            self._conn = open_connection(self.uri, timeout)
         return self._conn
 
     def close(self):
@@ -307,6 +440,7 @@ class LibvirtClient:
     # -- storage pools and volumes --------------------------------------------------------------------------------
 
     def lookup_pool(self, name, field=None):
+        _plain_name(name, field or "pool")
         try:
             pool = self.conn.storagePoolLookupByName(name)
         except libvirt.libvirtError as exc:
@@ -321,8 +455,22 @@ class LibvirtClient:
             raise NotFoundError("storage pool '%s' on %s is not active" % (name, self.uri), field=field)
         return pool
 
+    def host_interface_exists(self, name):
+        """Whether the host has a network interface (a bridge) called ``name``; None when libvirt cannot tell (a
+        daemon built without an interface driver)."""
+        try:
+            self.conn.interfaceLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_INTERFACE:
+                return False
+            return None
+        except ValueError:  # an embedded NUL: no interface has such a name
+            return False
+        return True
+
     def find_pool(self, name):
         """The pool called ``name`` whether active or not, or None."""
+        _plain_name(name, "pool")
         try:
             return self.conn.storagePoolLookupByName(name)
         except libvirt.libvirtError as exc:
@@ -574,6 +722,21 @@ class LibvirtClient:
         except libvirt.libvirtError:
             return None
         return capacity
+
+    def domain_disk_size(self, dom, disk):
+        """Virtual size in bytes of a disk as Domain.disks describes it; None if unknown.
+
+        A disk whose source is a pool volume is read from its pool: virDomainGetBlockInfo cannot resolve a volume
+        source of a domain that is not running ("missing storage backend for 'volume' storage").
+        """
+        if disk.get("pool") and disk.get("volume"):
+            try:
+                pool = self.find_pool(disk["pool"])
+                vol = self.lookup_volume(pool, disk["volume"]) if pool is not None else None
+                return self.volume_info(vol)["capacity"] if vol is not None else None
+            except LibvirtOperationError:
+                return None  # an inactive pool: the size is unknown, as for any disk libvirt cannot read
+        return self.domain_disk_capacity(dom, disk["target"]) if disk.get("target") else None
 
     def expanded_cpu_features(self, cpu_xml):
         """Every feature of a host CPU (its model's and the extra ones), or None if libvirt cannot expand them."""
@@ -867,6 +1030,13 @@ def _abort(stream):
         stream.abort()
     except Exception:  # pylint: disable=broad-except
         pass
+
+
+def _plain_name(name, field):
+    # libvirt's C API takes NUL-terminated names: the Python binding raises a bare ValueError on an embedded NUL
+    # (a traceback for the user), so it is refused here with the field it came from.
+    if isinstance(name, str) and "\x00" in name:
+        raise ValidationError("%r holds a NUL byte, which no libvirt name can" % name, field=field)
 
 
 def _message(exc):

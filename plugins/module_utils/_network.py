@@ -20,6 +20,7 @@ import re
 import traceback
 import xml.etree.ElementTree as ET
 
+from ansible_collections.virtfleet.compute.plugins.module_utils import _limits
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     ConflictError,
     MissingLibraryError,
@@ -513,18 +514,8 @@ def check_host_address(network, gateway, value, field):
 
 
 def normalize_mac(value, field):
-    require_netaddr()
-    if not isinstance(value, str) or not value:
-        raise ValidationError("a MAC address such as 52:54:00:12:34:56 is required, got %r" % (value,), field=field)
-    try:
-        eui = netaddr.EUI(value)
-    except (netaddr.AddrFormatError, ValueError, TypeError):
-        eui = None
-    if eui is None or eui.version != 48:
-        raise ValidationError("%r is not a MAC address (such as 52:54:00:12:34:56)" % (value,), field=field)
-    if int(eui) & (1 << 40):
-        raise ValidationError("%s is a multicast MAC address; a NIC has a unicast one" % value, field=field)
-    return str(eui.format(netaddr.mac_unix_expanded)).lower()
+    # One rule for every MAC the collection takes (unicast, not all-zero): see _limits.
+    return _limits.validate_mac(value, field)
 
 
 # -- reconcile ------------------------------------------------------------------------------------------------------

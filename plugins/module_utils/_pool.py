@@ -11,6 +11,7 @@ import os.path
 import xml.etree.ElementTree as ET
 
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import ConflictError, ValidationError
+from ansible_collections.virtfleet.compute.plugins.module_utils._limits import validate_name
 from ansible_collections.virtfleet.compute.plugins.module_utils._plan import Plan
 
 POOL_TYPES = ("dir",)
@@ -39,8 +40,12 @@ def _diff_view(view):
 
 
 def plan_pool(client, params):
-    name = params["name"]
     state = params.get("state") or "present"
+    name = params["name"]
+    # Checked before the host is asked anything, so check mode refuses what libvirt would (a NUL byte, a slash) or
+    # what other tools would misread; an existing pool of any name can still be removed.
+    if state != "absent" or not isinstance(name, str) or "\x00" in name:
+        validate_name(name, "name", "pool name")
     pool = client.find_pool(name)
     plan = Plan()
     plan.before = _diff_view(pool_view(client, pool)) if pool is not None else {}

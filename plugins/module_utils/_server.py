@@ -16,7 +16,12 @@ import re
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
-from ansible_collections.virtfleet.compute.plugins.module_utils import _attachments, _configdrive, _host_features
+from ansible_collections.virtfleet.compute.plugins.module_utils import (
+    _attachments,
+    _configdrive,
+    _host_features,
+    _limits,
+)
 from ansible_collections.virtfleet.compute.plugins.module_utils._claims import Claim, grows
 from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
     DISK_TARGETS,
@@ -33,6 +38,7 @@ from ansible_collections.virtfleet.compute.plugins.module_utils._domain import (
     volume_name,
 )
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
+    CapacityError,
     ConflictError,
     NotFoundError,
     ValidationError,
@@ -66,7 +72,6 @@ NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139")
 DEFAULT_IMAGE_POOL = "virtfleet-images"
 DEFAULT_INSTANCE_POOL = "virtfleet-instances"
 SAFE_BASE_FORMATS = ("raw", "qcow2")
-_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
 # Characters an XML 1.0 document cannot hold: they would only be refused by libvirt after volumes exist.
 _XML_ILLEGAL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -112,7 +117,8 @@ SERVER_ARGUMENT_SPEC = dict(
         fixed_ip=dict(type="str"),
     ), mutually_exclusive=[("network", "bridge")], required_one_of=[("network", "bridge")]),
     hostname=dict(type="str"),
-    user_data=dict(type="str"),
+    # cloud-init user data often carries passwords: never printed in the invocation (-vvv) or any result.
+    user_data=dict(type="str", no_log=True),
     ssh_authorized_keys=dict(type="list", elements="str", no_log=False),
     network_config=dict(type="dict"),
     metadata=dict(type="dict"),
@@ -165,7 +171,7 @@ class ServerRequest:
         self.image = params.get("image")
         hostname = params.get("hostname")
         self.hostname = None if hostname is None else _configdrive.validate_hostname(hostname, field="hostname")
-        self.user_data = params.get("user_data")
+        self.user_data = _limits.validate_user_data(params.get("user_data"))
         keys = params.get("ssh_authorized_keys")
         self.ssh_authorized_keys = None if keys is None else list(keys)
         for index, key in enumerate(self.ssh_authorized_keys or []):
@@ -174,7 +180,7 @@ class ServerRequest:
                                       field="ssh_authorized_keys[%d]" % index)
         self.network_config = params.get("network_config")
         metadata = params.get("metadata")
-        self.metadata = None if metadata is None else _string_map(metadata, "metadata")
+        self.metadata = None if metadata is None else _limits.validate_metadata_size(_string_map(metadata, "metadata"))
         tags = params.get("tags")
         self.tags = None if tags is None else _tags(tags)
         networks = params.get("networks")
@@ -446,11 +452,11 @@ class ServerPlanner:
             return
         resolved = self._resolve_references(definition)
         _refuse_unmet_features(client, flavor)
-        # Checked now, so a server that does not fit fails before anything is made (and check mode says so).
-        claim = Claim(client, req.name, flavor, instance_pool=req.instance_pool)
         image = resolved["image"]
         instance_pool = resolved["instance_pool"]
         root_bytes = self._root_bytes(flavor, image)
+        # Checked now, so a server that does not fit fails before anything is made (and check mode says so).
+        claim = self._claim_create(flavor, image, root_bytes)
         server_uuid = str(uuidlib.uuid4())
 
         volumes = {}
@@ -808,6 +814,11 @@ class ServerPlanner:
                 if self.request.state in ("running", "paused") and not client.network_active(net):
                     raise ValidationError("libvirt network %s is not active; start it (network module) before "
                                           "starting servers on it" % nic.source, field=field + ".network")
+            if nic.kind == "bridge" and client.host_interface_exists(nic.source) is False:
+                # Checked here so check mode does not predict a server that libvirt then cannot start.
+                raise NotFoundError("host bridge %s does not exist on %s (the compute_node role's bridges, or "
+                                    "compute_node_bridge, make it)" % (nic.source, client.uri),
+                                    field=field + ".bridge")
             if nic.fixed_ip:
                 if nic.kind != "network":
                     raise ValidationError("a fixed IP is reserved in a libvirt network's DHCP server; a NIC on a "
@@ -837,6 +848,22 @@ class ServerPlanner:
         if self._host_record_cache is None:
             self._host_record_cache = RecordStore(self.client).read("host") or {}
         return self._host_record_cache
+
+    def _claim_create(self, flavor, image, root_bytes):
+        """The claim of a new server. With disk_gb 0 the root disk is as large as the image's virtual size: that
+        size is claimed (rounded up to whole GB, as Nova rounds), never the 0 the flavor says."""
+        req = self.request
+        claimed = flavor
+        if flavor.disk_gb == 0 and root_bytes:
+            claimed = dict(flavor.to_dict(), disk_gb=-(-root_bytes // GIB))
+        try:
+            return Claim(self.client, req.name, claimed, instance_pool=req.instance_pool)
+        except CapacityError as exc:
+            if claimed is not flavor:
+                exc.message += (" (flavor disk_gb 0: the root disk is as large as image %s, %s virtual size, and "
+                                "that is what is claimed; choose a flavor with a disk_gb that fits)"
+                                % (image["name"], _size_text(root_bytes)))
+            raise
 
     def _root_bytes(self, flavor, image):
         # An image imported from a URL in the same check-mode run has no known size yet.
@@ -1137,12 +1164,8 @@ def _nics(server_name, networks):
             raise ValidationError("give exactly one of network (a libvirt network) or bridge (a host bridge)",
                                   field=field)
         kind = kinds[0]
-        mac = (entry.get("mac") or derive_mac(server_name, index)).lower()
-        if not _MAC_RE.match(mac):
-            raise ValidationError("%r is not a MAC address (aa:bb:cc:dd:ee:ff)" % mac, field=field + ".mac")
-        if int(mac.split(":")[0], 16) & 1:
-            raise ValidationError("%s is a multicast MAC address; the first byte must be even" % mac,
-                                  field=field + ".mac")
+        mac = entry.get("mac")
+        mac = derive_mac(server_name, index) if mac is None or mac == "" else _limits.validate_mac(mac, field + ".mac")
         if mac in seen:
             raise ValidationError("MAC %s is used twice" % mac, field=field + ".mac")
         seen.add(mac)

@@ -49,6 +49,7 @@ import string
 import threading
 import xml.etree.ElementTree as ET
 
+from ansible_collections.virtfleet.compute.plugins.module_utils import _limits
 from ansible_collections.virtfleet.compute.plugins.module_utils._claims import Claim
 from ansible_collections.virtfleet.compute.plugins.module_utils._disk_usage import (
     IMAGE_COPY_SOURCE,
@@ -192,7 +193,7 @@ class ActionRequest:
         self.image_pool = params.get("image_pool")
         self.instance_pool = params.get("instance_pool") or DEFAULT_INSTANCE_POOL
         self.hostname = params.get("hostname")
-        self.user_data = params.get("user_data")
+        self.user_data = _limits.validate_user_data(params.get("user_data"))
         self.ssh_authorized_keys = params.get("ssh_authorized_keys")
         self.network_config = params.get("network_config")
         self.target_uri = params.get("target_uri")
@@ -279,7 +280,8 @@ class ActionRunner:
     def __init__(self, client, request, connect=None, now=None):
         self.client = client
         self.req = request
-        self._connect = connect or LibvirtClient
+        # The other hosts of a move are opened with this connection's settings (timeout, transport policy).
+        self._connect = connect or getattr(client, "sibling", LibvirtClient)
         self._opened = []
         self.now = now or _now()
         self.outputs = {}

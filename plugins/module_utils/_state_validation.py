@@ -576,7 +576,9 @@ class _CrossCheck:
             if start is not None and end is not None and end < start:
                 self._add(where + ".dhcp_end", "%s is before dhcp_start %s" % (end, start))
             seen = {}
-            for position, host in enumerate(network.get("hosts") or []):
+            # Any value may be here (the schema pass reports a wrong type with its path): only a list is walked.
+            reserved = network.get("hosts")
+            for position, host in enumerate(reserved if isinstance(reserved, list) else []):
                 if not isinstance(host, dict):
                     continue
                 field = "%s.hosts[%d]" % (where, position)

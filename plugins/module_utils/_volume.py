@@ -28,6 +28,7 @@ import re
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 
+from ansible_collections.virtfleet.compute.plugins.module_utils import _limits
 from ansible_collections.virtfleet.compute.plugins.module_utils._attachments import DEFAULT_VOLUME_POOL
 from ansible_collections.virtfleet.compute.plugins.module_utils._claims import VolumeClaim
 from ansible_collections.virtfleet.compute.plugins.module_utils._disk_usage import VOLUME_RECORD_PREFIX, ceil_gb
@@ -75,7 +76,7 @@ def parse_size(value, field="size"):
     size = int(match.group(1)) * _UNITS[unit]
     if size <= 0 or size % 512:
         raise ValidationError("must be a positive multiple of 512 bytes, got %d bytes" % size, field=field)
-    return size
+    return _limits.validate_volume_size(size, field)
 
 
 def size_text(size):
@@ -187,7 +188,7 @@ class VolumeRequest:
             raise ValidationError("must be one of %s" % ", ".join(FORMATS), field="format")
         self.source = _source(params.get("source"), self.pool)
         metadata = params.get("metadata")
-        self.metadata = None if metadata is None else _string_map(metadata, "metadata")
+        self.metadata = None if metadata is None else _limits.validate_metadata_size(_string_map(metadata, "metadata"))
         self.passphrase = params.get("passphrase")
         self.encrypted = params.get("encrypted")
         if self.passphrase is not None:

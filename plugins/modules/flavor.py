@@ -39,7 +39,10 @@ attributes:
     description: A second run with the same arguments reports no change.
 options:
   name:
-    description: Name of the flavor (1 to 255 characters), e.g. C(m1.small).
+    description:
+      - Name of the flavor, e.g. C(m1.small).
+      - A letter or digit, then letters, digits and C(_.:+-); at most 128 characters; no C(..). No slashes,
+        spaces, markup or bidirectional characters (the name is a record key and an inventory group name).
     type: str
     required: true
   state:
@@ -67,7 +70,7 @@ options:
     description: Ephemeral disk in GiB (0 for none). Omitted, kept (0 for a new flavor).
     type: int
   description:
-    description: Free text. Omitted, kept; an empty string removes it.
+    description: Free text of at most 65535 characters (as in Nova). Omitted, kept; an empty string removes it.
     type: str
   extra_specs:
     description:

@@ -34,7 +34,10 @@ attributes:
     description: A second run with the same arguments reports no change.
 options:
   name:
-    description: Name of the storage pool.
+    description:
+      - Name of the storage pool.
+      - A letter or digit, then letters, digits and C(_.:+-); at most 128 characters; no C(..). Checked before the
+        host is asked, in check mode too; an existing pool of any name can still be removed with V(absent).
     type: str
     required: true
   type:

@@ -134,6 +134,8 @@ options:
         omitted ones take their defaults, except O(hostname), which the server remembers.
       - cloud-init user data (a C(#cloud-config) document, a shell script, a MIME multipart), passed through as is.
       - cloud-init reads it at first boot only; changing it later rewrites the config drive but does not re-run it.
+      - At most 65535 bytes (UTF-8), as in Nova. It may hold passwords, so it is never printed (C(no_log)), also
+        inside the items of M(virtfleet.compute.servers).
     type: str
   ssh_authorized_keys:
     description: Public SSH keys for the image's default user, given to the guest through the config drive.
@@ -147,6 +149,8 @@ options:
   metadata:
     description:
       - User metadata (string keys and values), stored in the domain XML.
+      - At most 128 items, keys of 1 to 255 letters, digits or C(_.:-), values of at most 255 characters (Nova's
+        limits).
       - Omitted, an existing server keeps its metadata.
     type: dict
   tags:

@@ -238,7 +238,9 @@ options:
         V(unshelve)), or, for V(cleanup_evacuated), of the host the server was evacuated to.
     type: str
   user_data:
-    description: cloud-init user data for the new config drive (see O(hostname)).
+    description:
+      - cloud-init user data for the new config drive (see O(hostname)).
+      - At most 65535 bytes (UTF-8), as in Nova; never printed (C(no_log)).
     type: str
 notes:
   - Fencing after an evacuation. The evacuated server's metadata records C(evacuated_from), the URI of the host it
@@ -523,7 +525,7 @@ def main():
         ssh_authorized_keys=dict(type="list", elements="str", no_log=False),
         storage=dict(type="str", default="auto", choices=["auto", "copy", "shared"]),
         target_uri=dict(type="str"),
-        user_data=dict(type="str"),
+        user_data=dict(type="str", no_log=True),
     )
     argument_spec.update(CONNECTION_ARGS)
     argument_spec.update(WAIT_ARGS)

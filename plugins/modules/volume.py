@@ -63,7 +63,7 @@ options:
   size:
     description:
       - Size of the volume. A number is GiB (as Cinder counts); a string may carry a unit, binary (V(512M),
-        V(20GiB), V(1T)) or decimal (V(500MB), V(1GB)). A positive multiple of 512 bytes.
+        V(20GiB), V(1T)) or decimal (V(500MB), V(1GB)). A positive multiple of 512 bytes, at most 64 TiB.
       - Required to create an empty volume; a copy defaults to the size of its source and is never smaller.
       - A larger size grows the volume; a smaller one is refused. Omitted, an existing volume keeps its size.
       - The size is claimed on the host's disk, in whole GiB rounded up, as a server's flavor disk is. A new volume,
@@ -98,6 +98,7 @@ options:
   metadata:
     description:
       - User metadata (string keys and values), kept in the volume's record.
+      - At most 128 items, keys of 1 to 255 letters, digits or C(_.:-), values of at most 255 characters.
       - Omitted, an existing volume keeps its metadata.
     type: dict
   encrypted:

@@ -106,13 +106,14 @@ def test_boot_cloud_image_ssh_resize_and_delete(client, pools, boot_image, defau
 
 
 def test_failed_start_rolls_back_everything_this_run_created(client, pools, halt_image):
-    """The domain is defined, then cannot start (its bridge does not exist): the run undoes all it made."""
+    """The domain is defined, then cannot start (its "bridge" is the loopback interface, which exists and is no
+    bridge; one that does not exist at all is refused before anything is made): the run undoes all it made."""
     from ansible_collections.virtfleet.compute.plugins.module_utils._plan import StepFailed
 
     before = _volumes(client, pools)
     with pytest.raises(StepFailed) as failed:
         _converge(client, name="vf-it-rollback", flavor={"vcpus": 1, "ram_mb": 64, "disk_gb": 1}, image=halt_image,
-                  networks=[{"bridge": "vf-no-such-br"}])
+                  networks=[{"bridge": "lo"}])
     assert failed.value.details["failed"] == "start vf-it-rollback"
     assert "define domain vf-it-rollback" in " ".join(failed.value.details["rolled_back"])
     assert client.lookup_domain("vf-it-rollback") is None

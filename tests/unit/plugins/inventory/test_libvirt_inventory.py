@@ -42,9 +42,11 @@ class Fleet:
         self.servers = servers or {}
         self.delay = delay
         self.asked = []
+        self.client_options = []
         self.lock = threading.Lock()
 
-    def client(self, uri):
+    def client(self, uri, **options):
+        self.client_options.append(options)
         return FakeClient(uri)
 
     def host_info(self, client, name=None, instance_pool=None, details=True):
@@ -138,6 +140,19 @@ def test_names_come_from_the_config_or_the_uri():
 def test_bad_hypervisor_lists_name_the_entry(hypervisors, message):
     with pytest.raises(ValueError, match=message):
         plugin_module.hypervisor_entries(hypervisors)
+
+
+@pytest.mark.parametrize("uri", ["qemu+tcp://kvm-01/system", "qemu+TCP://root@kvm-01:16509/system"])
+def test_plain_tcp_uris_are_refused_unless_allowed(uri):
+    with pytest.raises(ValueError, match=r"hypervisors\[0\].uri: .*no encryption.*allow_insecure_tcp"):
+        plugin_module.hypervisor_entries([{"name": "kvm-01", "uri": uri}])
+    assert plugin_module.hypervisor_entries([{"name": "kvm-01", "uri": uri}], allow_insecure_tcp=True)
+
+
+def test_connection_options_reach_every_client(tmp_path, fleet):
+    parse(tmp_path, {"hypervisors": HOSTS + [{"name": "kvm-04", "uri": "qemu+tcp://kvm-04/system"}],
+                     "connect_timeout": 7, "allow_insecure_tcp": True})
+    assert fleet.client_options == [{"connect_timeout": 7, "allow_insecure_tcp": True}] * 4
 
 
 def test_only_virtfleet_files_are_claimed(tmp_path):

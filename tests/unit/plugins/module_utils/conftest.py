@@ -43,11 +43,14 @@ _UNMANAGED_DOMAIN = """
 
 
 def write_node_xml(directory, with_unmanaged_domain=True):
-    """A node file for the test driver: the default NAT network, our three dir pools, optionally a foreign domain."""
+    """A node file for the test driver: the default NAT network, a host bridge br0, our three dir pools, optionally
+    a foreign domain."""
     parts = ["<node>",
              "<network><name>default</name><bridge name='virbr0'/><forward mode='nat'/>"
              "<ip address='192.168.122.1' netmask='255.255.255.0'>"
-             "<dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp></ip></network>"]
+             "<dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp></ip></network>",
+             # Servers on a bridge are checked against the host's interfaces before anything is planned.
+             "<interface type='bridge' name='br0'><start mode='onboot'/><bridge/></interface>"]
     for name in POOLS:
         parts.append("<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>"
                      % (name, os.path.join(str(directory), name)))
@@ -143,6 +146,9 @@ class MemoryClient(LibvirtClient):
     def domain_disk_capacity(self, dom, target):
         # The test driver reports a 1 TiB disk for any path; a real host would report the file's size.
         return GIB
+
+    def domain_disk_size(self, dom, disk):
+        return self.domain_disk_capacity(dom, disk["target"])
 
     def pool_xml(self, pool, inactive=True):
         # The test driver refuses VIR_STORAGE_XML_INACTIVE; its pools have one definition anyway.

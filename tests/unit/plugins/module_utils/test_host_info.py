@@ -161,6 +161,9 @@ class FakeHost:
     def domain_disk_capacity(self, dom, target):
         return dom.disk_capacity.get(target)
 
+    def domain_disk_size(self, dom, disk):
+        return self.domain_disk_capacity(dom, disk["target"])
+
     def define_domain(self, xml):
         return self.add_domain(xml)
 

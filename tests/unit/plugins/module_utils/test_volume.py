@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from ansible_collections.virtfleet.compute.plugins.module_utils import _attachments, _volume
+from ansible_collections.virtfleet.compute.plugins.module_utils import _attachments, _limits, _volume
 from ansible_collections.virtfleet.compute.plugins.module_utils._errors import (
     ConflictError,
     LibvirtOperationError,
@@ -688,3 +688,20 @@ def test_delete_with_the_server_deletes_only_its_recorded_volumes_and_refuses_sh
         run()
     assert vol_of(client, "mine") is None and record_of(client, "mine") is None and client.secrets == {}
     assert vol_of(client, "shared") is not None
+
+
+# -- limits (issue 14): a size libvirt cannot take, metadata without bound ---------------------------------------
+
+def test_a_volume_of_ten_to_the_thirty_bytes_is_refused(client):
+    with pytest.raises(ValidationError) as err:
+        parse_size("1000000000000000000000000000000B")
+    assert err.value.field == "size"
+    error = refused(client, params(size="%dT" % (10 ** 18)), ValidationError)
+    assert error.field == "size" and "64 TiB" in error.message
+    assert parse_size("64T") == _limits.VOLUME_SIZE_MAX
+
+
+def test_volume_metadata_is_bounded(client):
+    metadata = dict(("k%d" % i, "v") for i in range(_limits.METADATA_ITEMS_MAX + 1))
+    error = refused(client, params(metadata=metadata), ValidationError)
+    assert error.field == "metadata"
