@@ -120,8 +120,9 @@ sanity: link
 units: link nova-venv
 	python -m pytest -q tests/unit
 
+# --durations: the slowest tests in CI's log, to see where the suite's time goes.
 integration: link libvirtd
-	python -m pytest -q tests/integration
+	python -m pytest -q --durations=25 tests/integration
 
 bench: link libvirtd
 	python bench/bench_scheduler.py
