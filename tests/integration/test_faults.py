@@ -568,3 +568,39 @@ def test_a_full_instance_pool_fails_the_build_and_leaves_nothing(lab, cloud):
         converge_again(cloud(declared), names, lab)
     finally:
         delete_all(cloud, lab)
+
+
+def test_site_yml_refuses_to_change_a_locked_server_and_converges_the_rest(lab, cloud):
+    """A locked server (issue 18's lock) through the playbook users run: the plan and the converge both fail on
+    the change to it, naming the lock, while the rest of the cloud converges; once unlocked, the change is made."""
+    from ansible_collections.virtfleet.compute.plugins.module_utils._libvirt_client import LibvirtClient
+    from ansible_collections.virtfleet.compute.plugins.module_utils._server_action import run_action
+
+    declared = servers(2)
+    cmd = cloud(declared)
+    try:
+        run(cmd).assert_ok()
+        client = LibvirtClient(lab.uri(HOST))
+        try:
+            run_action(client, dict(name=PREFIX + "1", action="lock", lock_reason="audit", locked_by="tester",
+                                    wait=False))
+        finally:
+            client.close()
+        changed = cloud([dict(declared[0], metadata={"role": "db"}), declared[1],
+                         dict(servers(1, first=3)[0])])
+        plan = run(changed + ["--check", "--diff"])
+        assert plan.rc != 0, plan.stdout[-4000:]
+        assert "is locked (by tester" in flat(plan.stdout), plan.stdout[-6000:]
+        real = run(changed)
+        assert real.rc == 2, real.stdout[-4000:]
+        rows = failed_rows(real.stdout)
+        assert list(rows) == [PREFIX + "1"] and "is locked (by tester" in rows[PREFIX + "1"], rows
+        assert_nothing_half_made(lab, [PREFIX + "1", PREFIX + "2", PREFIX + "3"])
+        client = LibvirtClient(lab.uri(HOST))
+        try:
+            run_action(client, dict(name=PREFIX + "1", action="unlock", wait=False))
+        finally:
+            client.close()
+        converge_again(changed, [PREFIX + "1", PREFIX + "2", PREFIX + "3"], lab)
+    finally:
+        delete_all(cloud, lab)
